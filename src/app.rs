@@ -1,0 +1,81 @@
+//! Builds the Pingora server from a snapshot: process settings, listeners, the proxy service,
+//! the health-check and reload services.
+
+use crate::cli::Cli;
+use crate::proxy::Portico;
+use crate::reload::ReloadService;
+use crate::snapshot::Snapshot;
+use crate::upstream::health::HealthService;
+use arc_swap::ArcSwap;
+use pingora::proxy::http_proxy_service;
+use pingora::server::configuration::ServerConf;
+use pingora::server::Server;
+use pingora::services::background::background_service;
+use std::sync::Arc;
+use std::time::Duration;
+
+const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(30);
+const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Runs portico until it is told to stop; never returns.
+pub fn run(cli: &Cli, snapshot: Snapshot) -> ! {
+    let conf = server_conf(&snapshot, cli);
+    let mut server = Server::new_with_opt_and_conf(cli.pingora_opt(), conf);
+    server.bootstrap();
+
+    let listeners: Vec<_> = snapshot.listeners.iter().map(|l| (l.addr.to_string(), l.tls.clone())).collect();
+    if snapshot.admin.is_some() {
+        log::warn!("admin.address is accepted but the admin listener is not served yet");
+    }
+    let shared = Arc::new(ArcSwap::from_pointee(snapshot));
+
+    let mut proxy = http_proxy_service(&server.configuration, Portico { snapshot: Arc::clone(&shared) });
+    for (addr, tls) in &listeners {
+        match tls {
+            None => proxy.add_tcp(addr),
+            Some(certs) => {
+                if certs.len() > 1 {
+                    log::warn!("listener {addr}: only the first certificate is served for now (SNI selection is not built yet)");
+                }
+                let (cert, key) = &certs[0];
+                if let Err(e) = proxy.add_tls(addr, cert, key) {
+                    eprintln!("portico: listener {addr}: {e}");
+                    std::process::exit(64);
+                }
+            }
+        }
+    }
+    server.add_service(proxy);
+    server.add_service(background_service("health checks", HealthService { snapshot: Arc::clone(&shared) }));
+    server.add_service(background_service("config reload", ReloadService { path: cli.conf.clone(), snapshot: shared }));
+    server.run_forever()
+}
+
+fn server_conf(snapshot: &Snapshot, cli: &Cli) -> ServerConf {
+    let s = &snapshot.server;
+    let threads = s
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let mut conf = ServerConf {
+        threads,
+        pid_file: s.pid_file.clone().unwrap_or_else(|| "/tmp/portico.pid".into()),
+        upgrade_sock: s.upgrade_sock.clone().unwrap_or_else(|| "/tmp/portico-upgrade.sock".into()),
+        grace_period_seconds: Some(ceil_secs(s.grace_period.map_or(DEFAULT_GRACE_PERIOD, |d| d.0))),
+        graceful_shutdown_timeout_seconds: Some(ceil_secs(
+            s.graceful_shutdown_timeout.map_or(DEFAULT_SHUTDOWN_TIMEOUT, |d| d.0),
+        )),
+        daemon: cli.daemon,
+        ..ServerConf::default()
+    };
+    if let Some(n) = s.upstream_keepalive_pool_size {
+        conf.upstream_keepalive_pool_size = n;
+    }
+    // Our own `retries` per group decides; Pingora's cap must not cut it shorter.
+    conf.max_retries = snapshot.upstreams.values().map(|g| g.retries + 1).max().unwrap_or(1).max(conf.max_retries);
+    conf
+}
+
+/// Pingora counts these in whole seconds; round up so `500ms` is not zero.
+fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}

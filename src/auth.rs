@@ -1,0 +1,77 @@
+//! Bearer-token authentication: the tokens file and a constant-time check of `Authorization`.
+
+use crate::config::ConfigErrors;
+use http::HeaderValue;
+
+/// The tokens of one `auth.bearer_tokens_file`: one token a line, `#` comments and blank
+/// lines ignored. Tokens are never logged.
+#[derive(Clone)]
+pub struct BearerTokens(Vec<Vec<u8>>);
+
+impl std::fmt::Debug for BearerTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "BearerTokens({} tokens)", self.0.len())
+    }
+}
+
+impl BearerTokens {
+    pub fn load(file: &str, path: &str, errs: &mut ConfigErrors) -> Option<Self> {
+        let text = match std::fs::read_to_string(file) {
+            Ok(t) => t,
+            Err(e) => {
+                errs.push(path, format!("cannot read {file}: {e}"));
+                return None;
+            }
+        };
+        let tokens: Vec<Vec<u8>> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(|l| l.as_bytes().to_vec())
+            .collect();
+        if tokens.is_empty() {
+            errs.push(path, format!("{file} holds no token"));
+            return None;
+        }
+        Some(BearerTokens(tokens))
+    }
+
+    /// True when `authorization` is `Bearer <token>` with a listed token. Every listed token is
+    /// compared in full, so the time taken does not tell how much of a guess was right.
+    pub fn allows(&self, authorization: Option<&HeaderValue>) -> bool {
+        let Some(value) = authorization else { return false };
+        let bytes = value.as_bytes();
+        let Some(scheme) = bytes.get(..7) else { return false };
+        if !scheme.eq_ignore_ascii_case(b"bearer ") {
+            return false;
+        }
+        let presented = bytes[7..].trim_ascii();
+        self.0.iter().fold(false, |found, t| found | constant_time_eq(t, presented))
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for (i, x) in a.iter().enumerate() {
+        diff |= usize::from(x ^ b.get(i).copied().unwrap_or(0));
+    }
+    diff == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_listed_tokens_pass() {
+        let t = BearerTokens(vec![b"s3cret".to_vec(), b"other".to_vec()]);
+        let h = |s: &str| HeaderValue::from_str(s).unwrap();
+        assert!(t.allows(Some(&h("Bearer s3cret"))));
+        assert!(t.allows(Some(&h("bearer other"))));
+        assert!(!t.allows(Some(&h("Bearer s3cre"))));
+        assert!(!t.allows(Some(&h("Bearer s3cret2"))));
+        assert!(!t.allows(Some(&h("Basic s3cret"))));
+        assert!(!t.allows(Some(&h("Bearer "))));
+        assert!(!t.allows(None));
+    }
+}

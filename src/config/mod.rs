@@ -1,0 +1,28 @@
+//! The YAML file: its format (`schema`), its durations, and the errors that name a YAML path.
+
+pub mod error;
+pub mod schema;
+pub mod validate;
+
+pub use error::{ConfigError, ConfigErrors};
+pub use schema::FileConfig;
+
+use std::path::Path;
+
+/// Reads and parses `path` into the file format. Parse errors (bad YAML, unknown keys, wrong
+/// types) stop at the first one, as serde does; semantic errors are collected later by
+/// [`crate::snapshot::Snapshot::build`], all of them at once.
+pub fn load(path: &Path) -> Result<FileConfig, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors::one("", format!("cannot read {}: {e}", path.display()))
+    })?;
+    parse(&text)
+}
+
+/// Parses YAML text into the file format. An empty document is an empty config.
+pub fn parse(text: &str) -> Result<FileConfig, ConfigErrors> {
+    if text.trim().is_empty() {
+        return Err(ConfigErrors::one("", "the file is empty"));
+    }
+    serde_yaml::from_str(text).map_err(|e| ConfigErrors::from_yaml(&e))
+}

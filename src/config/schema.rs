@@ -1,0 +1,247 @@
+//! The file format of portico.yaml, exactly as written (see CONTRACT.md); no runtime types here.
+//!
+//! Every struct denies unknown keys, so a typo is an error rather than a silently ignored
+//! setting. `PartialEq` lets a reload tell an unchanged upstream group from a changed one.
+
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub server: ServerSection,
+    #[serde(default)]
+    pub listeners: Vec<ListenerSection>,
+    #[serde(default)]
+    pub admin: Option<AdminSection>,
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, UpstreamSection>,
+    #[serde(default)]
+    pub routes: Vec<RouteSection>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSection {
+    /// Worker threads; default: the number of CPUs.
+    pub threads: Option<usize>,
+    pub pid_file: Option<String>,
+    pub upgrade_sock: Option<String>,
+    pub grace_period: Option<Duration>,
+    pub graceful_shutdown_timeout: Option<Duration>,
+    /// Idle upstream connections kept for reuse, across all peers (Pingora's pool size).
+    pub upstream_keepalive_pool_size: Option<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerSection {
+    pub address: String,
+    #[serde(default)]
+    pub tls: Option<ListenerTls>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTls {
+    pub certificates: Vec<CertificatePair>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificatePair {
+    pub cert: String,
+    pub key: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSection {
+    pub address: String,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balance {
+    /// Weighted round robin.
+    #[default]
+    RoundRobin,
+    /// Ketama consistent hashing on the client IP.
+    IpHash,
+    /// Weighted random.
+    Random,
+    /// Fewest in-flight requests and open upgraded connections, relative to weight.
+    LeastConn,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamSection {
+    #[serde(default)]
+    pub balance: Balance,
+    pub peers: Vec<PeerSpec>,
+    #[serde(default)]
+    pub health_check: Option<HealthCheckSection>,
+    #[serde(default)]
+    pub tls: Option<UpstreamTls>,
+    pub connect_timeout: Option<Duration>,
+    pub read_timeout: Option<Duration>,
+    #[serde(default)]
+    pub retries: Option<usize>,
+}
+
+/// A peer: `10.0.0.11:3000` or `{ address: 10.0.0.12:3000, weight: 2 }`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerSpec {
+    pub address: String,
+    pub weight: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PeerLong {
+    address: String,
+    #[serde(default)]
+    weight: Option<usize>,
+}
+
+impl<'de> Deserialize<'de> for PeerSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct PeerVisitor;
+        impl<'de> Visitor<'de> for PeerVisitor {
+            type Value = PeerSpec;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a peer address such as 10.0.0.11:3000 or {address, weight}")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<PeerSpec, E> {
+                Ok(PeerSpec { address: v.to_owned(), weight: None })
+            }
+            fn visit_map<M: MapAccess<'de>>(self, map: M) -> Result<PeerSpec, M::Error> {
+                let long = PeerLong::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(PeerSpec { address: long.address, weight: long.weight })
+            }
+        }
+        d.deserialize_any(PeerVisitor)
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HealthCheckType {
+    #[default]
+    Http,
+    Tcp,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckSection {
+    #[serde(default, rename = "type")]
+    pub kind: HealthCheckType,
+    pub path: Option<String>,
+    pub host: Option<String>,
+    pub interval: Option<Duration>,
+    pub timeout: Option<Duration>,
+    pub healthy_threshold: Option<usize>,
+    pub unhealthy_threshold: Option<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    #[serde(default)]
+    pub sni: Option<String>,
+    #[serde(default = "yes")]
+    pub verify: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteSection {
+    /// Optional name for logs and metrics; default `route<N>`.
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    pub upstream: String,
+    #[serde(default)]
+    pub websocket: Option<WebSocketSection>,
+    #[serde(default)]
+    pub request_headers: Option<HeaderRulesSection>,
+    #[serde(default)]
+    pub response_headers: Option<HeaderRulesSection>,
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitSection>,
+    #[serde(default)]
+    pub auth: Option<AuthSection>,
+    #[serde(default)]
+    pub redirect_https: bool,
+    #[serde(default)]
+    pub strip_prefix: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebSocketSection {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    pub idle_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeaderRulesSection {
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    #[serde(default)]
+    pub add: BTreeMap<String, String>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSection {
+    pub requests_per_second: Option<u32>,
+    pub burst: Option<u32>,
+    pub max_connections: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    pub bearer_tokens_file: String,
+}
+
+/// A duration written with a unit: `250ms`, `5s`, `10m`, `1h`, `7d`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Duration(pub std::time::Duration);
+
+impl<'de> Deserialize<'de> for Duration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct DurationVisitor;
+        impl Visitor<'_> for DurationVisitor {
+            type Value = Duration;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a duration with a unit, such as 250ms, 5s, 10m, 1h or 7d")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Duration, E> {
+                humantime::parse_duration(v.trim())
+                    .map(Duration)
+                    .map_err(|e| E::custom(format!("invalid duration {v:?}: {e} (write e.g. 5s)")))
+            }
+        }
+        d.deserialize_any(DurationVisitor)
+    }
+}

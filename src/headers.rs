@@ -1,0 +1,230 @@
+//! Request and response header rewriting: the client IP through `trusted_proxies`, the
+//! X-Forwarded-* and X-Real-IP headers, and per-route set/add/remove rules.
+
+use crate::config::schema::HeaderRulesSection;
+use crate::config::{validate, ConfigErrors};
+use http::{HeaderMap, HeaderName, HeaderValue};
+use pingora::http::{RequestHeader, ResponseHeader};
+use ipnet::IpNet;
+use std::net::IpAddr;
+
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// The set of proxies whose X-Forwarded-For hops are believed.
+#[derive(Debug, Default, Clone)]
+pub struct TrustedProxies(Vec<IpNet>);
+
+impl TrustedProxies {
+    pub fn new(nets: Vec<IpNet>) -> Self {
+        TrustedProxies(nets)
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        self.0.iter().any(|n| n.contains(&ip))
+    }
+
+    /// The client's address: the connecting peer, unless it is trusted, in which case the
+    /// X-Forwarded-For chain is walked from the right past trusted hops (nginx's
+    /// `real_ip_recursive on`). A hop that does not parse ends the walk at the last good one,
+    /// so garbage from a client never becomes the client IP.
+    pub fn client_ip(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        let peer = canonical(peer);
+        if !self.contains(peer) {
+            return peer;
+        }
+        let mut client = peer;
+        let values: Vec<&HeaderValue> = headers.get_all(&X_FORWARDED_FOR).iter().collect();
+        for value in values.iter().rev() {
+            let Ok(text) = value.to_str() else { return client };
+            for hop in text.rsplit(',') {
+                let Some(ip) = parse_hop(hop) else { return client };
+                client = ip;
+                if !self.contains(ip) {
+                    return client;
+                }
+            }
+        }
+        client
+    }
+}
+
+/// A hop as proxies write it: `1.2.3.4`, `1.2.3.4:5678`, `2001:db8::1`, `[2001:db8::1]:80`.
+fn parse_hop(hop: &str) -> Option<IpAddr> {
+    let hop = hop.trim();
+    if let Ok(ip) = hop.parse::<IpAddr>() {
+        return Some(canonical(ip));
+    }
+    hop.parse::<std::net::SocketAddr>().ok().map(|a| canonical(a.ip()))
+}
+
+/// IPv4-mapped IPv6 addresses (`::ffff:1.2.3.4`, from dual-stack sockets) as plain IPv4.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// What the X-Forwarded-* headers of one upstream request should say.
+pub struct Forwarded<'a> {
+    /// The connecting peer (the previous hop).
+    pub peer: IpAddr,
+    pub peer_trusted: bool,
+    pub client: IpAddr,
+    pub tls: bool,
+    pub host: Option<&'a HeaderValue>,
+}
+
+/// Sets X-Forwarded-For/Proto/Host and X-Real-IP on the upstream request.
+///
+/// From an untrusted peer every incoming value is replaced: a client cannot forge its address
+/// or scheme. From a trusted one the chain is extended and its Proto/Host are kept.
+pub fn apply_forwarded(req: &mut RequestHeader, f: &Forwarded) {
+    let peer = canonical(f.peer).to_string();
+    let xff = if f.peer_trusted {
+        let prior: Vec<&str> = req.headers.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).collect();
+        if prior.is_empty() {
+            peer
+        } else {
+            format!("{}, {peer}", prior.join(", "))
+        }
+    } else {
+        peer
+    };
+    // Values built from IP addresses and the client's own (already valid) Host cannot fail.
+    let _ = req.insert_header(X_FORWARDED_FOR.clone(), xff);
+    let _ = req.insert_header(X_REAL_IP.clone(), f.client.to_string());
+    if !(f.peer_trusted && req.headers.contains_key(&X_FORWARDED_PROTO)) {
+        let _ = req.insert_header(X_FORWARDED_PROTO.clone(), if f.tls { "https" } else { "http" });
+    }
+    if !(f.peer_trusted && req.headers.contains_key(&X_FORWARDED_HOST)) {
+        match f.host.cloned() {
+            Some(h) => {
+                let _ = req.insert_header(X_FORWARDED_HOST.clone(), h);
+            }
+            None => {
+                req.remove_header(&X_FORWARDED_HOST);
+            }
+        }
+    }
+}
+
+/// A route's `request_headers` or `response_headers`, names and values parsed once.
+/// Applied in the order remove, set, add.
+#[derive(Debug, Default, Clone)]
+pub struct HeaderRules {
+    remove: Vec<HeaderName>,
+    set: Vec<(HeaderName, HeaderValue)>,
+    add: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl HeaderRules {
+    pub fn build(section: Option<&HeaderRulesSection>, path: &str, errs: &mut ConfigErrors) -> Self {
+        let Some(s) = section else { return HeaderRules::default() };
+        let pairs = |map: &std::collections::BTreeMap<String, String>, key: &str, errs: &mut ConfigErrors| {
+            map.iter()
+                .filter_map(|(n, v)| {
+                    let p = format!("{path}.{key}.{n}");
+                    let name = validate::header_name(errs, &p, n);
+                    let value = validate::header_value(errs, &p, v);
+                    Some((name?, value?))
+                })
+                .collect::<Vec<_>>()
+        };
+        let set = pairs(&s.set, "set", errs);
+        let add = pairs(&s.add, "add", errs);
+        let remove = s
+            .remove
+            .iter()
+            .enumerate()
+            .filter_map(|(i, n)| validate::header_name(errs, &format!("{path}.remove[{i}]"), n))
+            .collect();
+        HeaderRules { remove, set, add }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.remove.is_empty() && self.set.is_empty() && self.add.is_empty()
+    }
+
+    /// Applies the rules to a request or response header: remove, then set (replacing every
+    /// value), then add (appending).
+    pub fn apply(&self, h: &mut impl HeaderEdit) {
+        self.remove.iter().for_each(|n| h.remove(n));
+        self.set.iter().for_each(|(n, v)| h.set(n, v));
+        self.add.iter().for_each(|(n, v)| h.add(n, v));
+    }
+}
+
+/// Pingora's request and response headers keep a case-preserving name map beside the
+/// `HeaderMap`: edit them only through their own methods, which keep both in step.
+pub trait HeaderEdit {
+    fn remove(&mut self, name: &HeaderName);
+    fn set(&mut self, name: &HeaderName, value: &HeaderValue);
+    fn add(&mut self, name: &HeaderName, value: &HeaderValue);
+}
+
+macro_rules! header_edit {
+    ($t:ty) => {
+        impl HeaderEdit for $t {
+            fn remove(&mut self, name: &HeaderName) {
+                self.remove_header(name);
+            }
+            // Names and values were validated when the config was compiled: these cannot fail.
+            fn set(&mut self, name: &HeaderName, value: &HeaderValue) {
+                let _ = self.insert_header(name.clone(), value.clone());
+            }
+            fn add(&mut self, name: &HeaderName, value: &HeaderValue) {
+                let _ = self.append_header(name.clone(), value.clone());
+            }
+        }
+    };
+}
+header_edit!(RequestHeader);
+header_edit!(ResponseHeader);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trusted() -> TrustedProxies {
+        TrustedProxies::new(vec!["10.0.0.0/8".parse().unwrap(), "127.0.0.1/32".parse().unwrap()])
+    }
+
+    fn xff(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(&X_FORWARDED_FOR, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn untrusted_peer_is_the_client_whatever_it_claims() {
+        let ip = trusted().client_ip("203.0.113.9".parse().unwrap(), &xff(&["1.1.1.1"]));
+        assert_eq!(ip, "203.0.113.9".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn trusted_chain_is_walked_from_the_right() {
+        let h = xff(&["6.6.6.6, 198.51.100.7", "10.1.1.1"]);
+        let ip = trusted().client_ip("127.0.0.1".parse().unwrap(), &h);
+        assert_eq!(ip, "198.51.100.7".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn garbage_hop_stops_at_the_last_good_one() {
+        let h = xff(&["6.6.6.6, not-an-ip, 10.2.2.2"]);
+        let ip = trusted().client_ip("127.0.0.1".parse().unwrap(), &h);
+        assert_eq!(ip, "10.2.2.2".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn mapped_ipv6_is_ipv4() {
+        let ip = trusted().client_ip("::ffff:127.0.0.1".parse().unwrap(), &xff(&["192.0.2.1"]));
+        assert_eq!(ip, "192.0.2.1".parse::<IpAddr>().unwrap());
+    }
+}

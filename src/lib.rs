@@ -1,0 +1,29 @@
+//! portico: a programmable edge proxy on Pingora, for WebSocket services and the HTTP beside them.
+//!
+//! # Layout, in the order a request meets it
+//! - [`cli`] and `main.rs`: the command line; `-t` validates, a bad file exits 64.
+//! - [`config`]: the YAML file format ([`config::schema`]) and value checks with YAML paths.
+//! - [`snapshot`]: the file compiled into immutable runtime state, published through one
+//!   `ArcSwap`; [`reload`] builds a new one on SIGHUP and swaps it in.
+//! - [`app`]: the Pingora server: listeners, the proxy service, background services.
+//! - [`proxy`]: the `ProxyHttp` hooks. A request loads the snapshot once (`new_ctx`), then:
+//!   1. `request_filter`: client IP through trusted proxies ([`headers`]), route by host and
+//!      path ([`routing`]), answer 404 / 301 / 403 / 401 itself ([`auth`], [`websocket`]);
+//!   2. `upstream_peer`: pick a healthy, untried peer of the route's group ([`upstream`]);
+//!      `fail_to_connect` retries another peer;
+//!   3. `upstream_request_filter`: X-Forwarded-*, strip_prefix, the route's header rules;
+//!   4. `response_filter`: the route's response header rules;
+//!   5. `logging`: one access-log line (for an upgrade, when the tunnel closes).
+//! - [`upstream::health`]: one background service running every group's active checks.
+
+pub mod app;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod headers;
+pub mod proxy;
+pub mod reload;
+pub mod routing;
+pub mod snapshot;
+pub mod upstream;
+pub mod websocket;

@@ -1,0 +1,210 @@
+//! The compiled, immutable runtime state built from one config file: routes, upstream groups,
+//! trusted proxies, listeners. Request code reads only this, through one `ArcSwap`.
+
+use crate::auth::BearerTokens;
+use crate::config::schema::{FileConfig, ServerSection};
+use crate::config::{validate, ConfigErrors};
+use crate::headers::{HeaderRules, TrustedProxies};
+use crate::routing::Router;
+use crate::upstream::UpstreamGroup;
+use arc_swap::ArcSwap;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The one place the live snapshot is published; a reload stores a new one.
+pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
+
+/// An upgraded connection with no traffic is closed after this unless the route says otherwise.
+pub const DEFAULT_WS_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+pub struct Snapshot {
+    pub routes: Vec<Route>,
+    pub router: Router,
+    pub upstreams: HashMap<String, Arc<UpstreamGroup>>,
+    pub trusted: TrustedProxies,
+    pub listeners: Vec<Listener>,
+    pub admin: Option<SocketAddr>,
+    pub server: ServerSection,
+}
+
+#[derive(Debug, PartialEq)]
+pub struct Listener {
+    pub addr: SocketAddr,
+    /// `(cert, key)` paths; the first pair is the default certificate.
+    pub tls: Option<Vec<(String, String)>>,
+}
+
+pub struct Route {
+    pub name: String,
+    pub path_prefix: String,
+    pub upstream: Arc<UpstreamGroup>,
+    pub websocket: WebSocketPolicy,
+    pub request_headers: HeaderRules,
+    pub response_headers: HeaderRules,
+    pub auth: Option<BearerTokens>,
+    pub strip_prefix: bool,
+    pub redirect_https: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct WebSocketPolicy {
+    pub enabled: bool,
+    pub idle_timeout: Duration,
+}
+
+impl Snapshot {
+    /// Compiles `cfg`, collecting every error with its YAML path. `previous` is the live
+    /// snapshot on a reload: an upstream group whose section is unchanged is shared with it,
+    /// keeping its health state, schedule and in-flight counts.
+    pub fn build(cfg: &FileConfig, previous: Option<&Snapshot>) -> Result<Snapshot, ConfigErrors> {
+        let mut errs = ConfigErrors::default();
+
+        let mut listeners = Vec::new();
+        let mut seen = HashSet::new();
+        if cfg.listeners.is_empty() {
+            errs.push("listeners", "needs at least one listener");
+        }
+        for (i, l) in cfg.listeners.iter().enumerate() {
+            let path = format!("listeners[{i}]");
+            let Some(addr) = validate::listen_addr(&mut errs, &format!("{path}.address"), &l.address) else { continue };
+            if !seen.insert(addr) {
+                errs.push(format!("{path}.address"), format!("duplicate listener {addr}"));
+            }
+            let tls = l.tls.as_ref().map(|t| {
+                if t.certificates.is_empty() {
+                    errs.push(format!("{path}.tls.certificates"), "needs at least one certificate");
+                }
+                t.certificates
+                    .iter()
+                    .enumerate()
+                    .map(|(j, c)| {
+                        for (key, file) in [("cert", &c.cert), ("key", &c.key)] {
+                            if let Err(e) = std::fs::metadata(file) {
+                                errs.push(format!("{path}.tls.certificates[{j}].{key}"), format!("cannot read {file}: {e}"));
+                            }
+                        }
+                        (c.cert.clone(), c.key.clone())
+                    })
+                    .collect()
+            });
+            listeners.push(Listener { addr, tls });
+        }
+        let admin = cfg.admin.as_ref().and_then(|a| {
+            let addr = validate::listen_addr(&mut errs, "admin.address", &a.address)?;
+            if seen.contains(&addr) {
+                errs.push("admin.address", format!("{addr} is also a proxy listener"));
+            }
+            Some(addr)
+        });
+        if let Some(0) = cfg.server.threads {
+            errs.push("server.threads", "must be at least 1");
+        }
+
+        let trusted = TrustedProxies::new(
+            cfg.trusted_proxies
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| validate::cidr(&mut errs, &format!("trusted_proxies[{i}]"), s))
+                .collect(),
+        );
+
+        let mut upstreams = HashMap::new();
+        for (name, section) in &cfg.upstreams {
+            let reused = previous
+                .and_then(|p| p.upstreams.get(name))
+                .filter(|g| g.source == *section)
+                .cloned();
+            let group = reused.or_else(|| {
+                UpstreamGroup::build(name, section, &format!("upstreams.{name}"), &mut errs).map(Arc::new)
+            });
+            if let Some(g) = group {
+                upstreams.insert(name.clone(), g);
+            }
+        }
+
+        let mut routes = Vec::new();
+        let mut router = Router::default();
+        let mut keys = HashSet::new();
+        let mut names = HashSet::new();
+        for (i, r) in cfg.routes.iter().enumerate() {
+            let path = format!("routes[{i}]");
+            let before = errs.0.len();
+            let host = r.host.as_deref().and_then(|h| validate::host_pattern(&mut errs, &format!("{path}.host"), h));
+            let prefix = validate::path_prefix(&mut errs, &format!("{path}.path_prefix"), r.path_prefix.as_deref().unwrap_or("/"));
+            let upstream = upstreams.get(&r.upstream).cloned();
+            if upstream.is_none() && !cfg.upstreams.contains_key(&r.upstream) {
+                errs.push(format!("{path}.upstream"), format!("unknown upstream {:?}", r.upstream));
+            }
+            let name = r.name.clone().unwrap_or_else(|| format!("route{i}"));
+            if !names.insert(name.clone()) {
+                errs.push(format!("{path}.name"), format!("duplicate route name {name:?}"));
+            }
+            let ws = r.websocket.as_ref();
+            let idle_timeout = ws.and_then(|w| w.idle_timeout).map_or(DEFAULT_WS_IDLE_TIMEOUT, |d| d.0);
+            validate::nonzero(&mut errs, &format!("{path}.websocket.idle_timeout"), idle_timeout);
+            let websocket = WebSocketPolicy { enabled: ws.is_none_or(|w| w.enabled), idle_timeout };
+            let request_headers = HeaderRules::build(r.request_headers.as_ref(), &format!("{path}.request_headers"), &mut errs);
+            let response_headers = HeaderRules::build(r.response_headers.as_ref(), &format!("{path}.response_headers"), &mut errs);
+            let auth = r.auth.as_ref().and_then(|a| BearerTokens::load(&a.bearer_tokens_file, &format!("{path}.auth.bearer_tokens_file"), &mut errs));
+            if let Some(rl) = &r.rate_limit {
+                let p = format!("{path}.rate_limit");
+                for (key, v) in [("requests_per_second", rl.requests_per_second), ("burst", rl.burst), ("max_connections", rl.max_connections)] {
+                    if v == Some(0) {
+                        errs.push(format!("{p}.{key}"), "must be at least 1");
+                    }
+                }
+                log::warn!("{p}: rate limits are parsed but not enforced yet");
+            }
+            if errs.0.len() > before {
+                continue;
+            }
+            let (Some(prefix), Some(upstream)) = (prefix, upstream) else { continue };
+            if !keys.insert((host.clone(), prefix.clone())) {
+                errs.push(path, format!("duplicate route: another route has host {:?} and path_prefix {prefix:?}", host.as_deref().unwrap_or("*")));
+                continue;
+            }
+            router.add(host.as_deref(), &prefix, routes.len());
+            routes.push(Route {
+                name,
+                path_prefix: prefix,
+                upstream,
+                websocket,
+                request_headers,
+                response_headers,
+                auth,
+                strip_prefix: r.strip_prefix,
+                redirect_https: r.redirect_https,
+            });
+        }
+
+        errs.into_result(Snapshot {
+            routes,
+            router,
+            upstreams,
+            trusted,
+            listeners,
+            admin,
+            server: cfg.server.clone(),
+        })
+    }
+}
+
+impl Snapshot {
+    /// Listeners and process settings are fixed once Pingora runs: changing them needs a
+    /// binary upgrade (`-u`), so a reload that changes them is refused as a whole.
+    pub fn check_reloadable(&self, live: &Snapshot) -> Result<(), ConfigErrors> {
+        let mut errs = ConfigErrors::default();
+        if self.listeners != live.listeners {
+            errs.push("listeners", "cannot change on reload; use a binary upgrade (portico -u)");
+        }
+        if self.admin != live.admin {
+            errs.push("admin", "cannot change on reload; use a binary upgrade (portico -u)");
+        }
+        if self.server != live.server {
+            errs.push("server", "cannot change on reload; use a binary upgrade (portico -u)");
+        }
+        errs.into_result(())
+    }
+}

@@ -1,0 +1,134 @@
+//! Active health checks: the Pingora check built from a group's `health_check` section, and the
+//! one background service that runs every group's checks at its own interval.
+
+use super::UpstreamGroup;
+use crate::config::schema::{HealthCheckSection, HealthCheckType};
+use crate::config::{validate, ConfigErrors};
+use crate::snapshot::SharedSnapshot;
+use async_trait::async_trait;
+use log::debug;
+use pingora::lb::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
+use pingora::prelude::*;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(1);
+const DEFAULT_HEALTHY: usize = 2;
+const DEFAULT_UNHEALTHY: usize = 3;
+/// The longest the service sleeps before looking at the (possibly reloaded) config again.
+const MAX_TICK: Duration = Duration::from_millis(500);
+
+/// When a group's next check is due; owned by the group so a reload that keeps the group keeps
+/// its rhythm, and a new group is checked at once.
+pub struct HealthSchedule {
+    pub interval: Duration,
+    next_due: Mutex<Instant>,
+    running: AtomicBool,
+}
+
+/// Compiles a `health_check` section into a Pingora check and its schedule.
+pub fn build(
+    hc: &HealthCheckSection,
+    tls: bool,
+    path: &str,
+    errs: &mut ConfigErrors,
+) -> Option<(Box<dyn HealthCheck + Send + Sync>, HealthSchedule)> {
+    let before = errs.0.len();
+    let interval = validate::nonzero(errs, &format!("{path}.interval"), hc.interval.map_or(DEFAULT_INTERVAL, |d| d.0));
+    let timeout = validate::nonzero(errs, &format!("{path}.timeout"), hc.timeout.map_or(DEFAULT_TIMEOUT, |d| d.0));
+    let healthy = validate::at_least_one(errs, &format!("{path}.healthy_threshold"), hc.healthy_threshold.unwrap_or(DEFAULT_HEALTHY));
+    let unhealthy = validate::at_least_one(errs, &format!("{path}.unhealthy_threshold"), hc.unhealthy_threshold.unwrap_or(DEFAULT_UNHEALTHY));
+    let check: Box<dyn HealthCheck + Send + Sync> = match hc.kind {
+        HealthCheckType::Tcp => {
+            if hc.path.is_some() {
+                errs.push(format!("{path}.path"), "only for type: http");
+            }
+            let mut c = TcpHealthCheck::new();
+            c.consecutive_success = healthy;
+            c.consecutive_failure = unhealthy;
+            c.peer_template.options.connection_timeout = Some(timeout);
+            c
+        }
+        HealthCheckType::Http => {
+            let probe_path = hc.path.as_deref().unwrap_or("/");
+            validate::path_prefix(errs, &format!("{path}.path"), probe_path);
+            let host = hc.host.as_deref().unwrap_or("localhost");
+            validate::header_value(errs, &format!("{path}.host"), host);
+            if errs.0.len() > before {
+                return None;
+            }
+            let mut c = HttpHealthCheck::new(host, tls);
+            c.consecutive_success = healthy;
+            c.consecutive_failure = unhealthy;
+            c.peer_template.options.connection_timeout = Some(timeout);
+            c.peer_template.options.read_timeout = Some(timeout);
+            c.req.set_uri(probe_path.parse().ok()?);
+            // Healthy on any 2xx, not only 200 as Pingora's default validator says.
+            c.validator = Some(Box::new(|resp| {
+                if resp.status.is_success() {
+                    Ok(())
+                } else {
+                    Error::e_explain(
+                        ErrorType::CustomCode("non-2xx health check", resp.status.as_u16()),
+                        "during http health check",
+                    )
+                }
+            }));
+            Box::new(c)
+        }
+    };
+    if errs.0.len() > before {
+        return None;
+    }
+    let schedule = HealthSchedule { interval, next_due: Mutex::new(Instant::now()), running: AtomicBool::new(false) };
+    Some((check, schedule))
+}
+
+/// Runs the health checks of whichever groups the current snapshot holds; groups come and go
+/// with reloads, so it reads the snapshot on every tick instead of owning a fixed list.
+pub struct HealthService {
+    pub snapshot: SharedSnapshot,
+}
+
+#[async_trait]
+impl BackgroundService for HealthService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        loop {
+            let wait = self.tick();
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+impl HealthService {
+    /// Starts the checks that are due and returns how long to sleep until the next one.
+    fn tick(&self) -> Duration {
+        let snapshot = self.snapshot.load_full();
+        let now = Instant::now();
+        let mut wait = MAX_TICK;
+        for group in snapshot.upstreams.values() {
+            let Some(schedule) = &group.health else { continue };
+            let mut due = schedule.next_due.lock().unwrap_or_else(|p| p.into_inner());
+            if *due <= now && !schedule.running.swap(true, Ordering::AcqRel) {
+                *due = now + schedule.interval;
+                let group: Arc<UpstreamGroup> = Arc::clone(group);
+                tokio::spawn(async move {
+                    debug!("health check pass for upstream {}", group.name);
+                    group.run_health_check().await;
+                    if let Some(s) = &group.health {
+                        s.running.store(false, Ordering::Release);
+                    }
+                });
+            }
+            wait = wait.min(due.saturating_duration_since(now));
+        }
+        wait.max(Duration::from_millis(10))
+    }
+}

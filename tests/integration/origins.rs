@@ -1,0 +1,250 @@
+//! Real origins on 127.0.0.1 for tests and the `make run` demo: an HTTP origin that answers
+//! with what it received as JSON and names itself, and a WebSocket echo origin.
+//! Shared by `tests/integration` and `examples/demo_origins.rs` (one copy of the code).
+#![allow(dead_code)]
+
+use futures_util::{SinkExt, StreamExt};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::Message;
+
+const MAX_HEAD: usize = 64 * 1024;
+
+/// An HTTP/1.1 origin. `GET /healthz` answers the status set by [`HttpOrigin::set_health`];
+/// `/set-cookie` adds two Set-Cookie headers; `/status/NNN` answers NNN; anything else 200.
+/// Every answer's body is JSON: origin name, method, path, headers (in order, repeats kept),
+/// body length.
+pub struct HttpOrigin {
+    pub addr: SocketAddr,
+    pub name: String,
+    health: Arc<AtomicU16>,
+    hits: Arc<AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl HttpOrigin {
+    pub async fn start(name: &str) -> Self {
+        Self::start_on(name, "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    pub async fn start_on(name: &str, addr: SocketAddr) -> Self {
+        let listener = TcpListener::bind(addr).await.expect("bind origin");
+        let addr = listener.local_addr().unwrap();
+        let health = Arc::new(AtomicU16::new(200));
+        let hits = Arc::new(AtomicUsize::new(0));
+        let (n, h, c) = (name.to_owned(), Arc::clone(&health), Arc::clone(&hits));
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (n, h, c) = (n.clone(), Arc::clone(&h), Arc::clone(&c));
+                tokio::spawn(async move {
+                    let _ = serve_http(stream, &n, &h, &c).await;
+                });
+            }
+        });
+        HttpOrigin { addr, name: name.to_owned(), health, hits, task }
+    }
+
+    pub fn set_health(&self, status: u16) {
+        self.health.store(status, Ordering::SeqCst);
+    }
+
+    /// Requests answered, health probes excluded.
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for HttpOrigin {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve_http(mut stream: TcpStream, name: &str, health: &AtomicU16, hits: &AtomicUsize) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(4096);
+    loop {
+        // Read one request head.
+        let (head_len, method, path, headers) = loop {
+            let mut hdrs = [httparse::EMPTY_HEADER; 128];
+            let mut req = httparse::Request::new(&mut hdrs);
+            match req.parse(&buf) {
+                Ok(httparse::Status::Complete(len)) => {
+                    let headers: Vec<(String, String)> = req
+                        .headers
+                        .iter()
+                        .map(|h| (h.name.to_owned(), String::from_utf8_lossy(h.value).into_owned()))
+                        .collect();
+                    break (len, req.method.unwrap_or("").to_owned(), req.path.unwrap_or("").to_owned(), headers);
+                }
+                Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {
+                    let mut chunk = [0u8; 4096];
+                    let n = stream.read(&mut chunk).await?;
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                _ => return Ok(()),
+            }
+        };
+        buf.drain(..head_len);
+        let header = |k: &str| headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(k)).map(|(_, v)| v.as_str());
+        let body_len = if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+            read_chunked(&mut stream, &mut buf).await?
+        } else {
+            let len: usize = header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+            while buf.len() < len {
+                let mut chunk = [0u8; 8192];
+                let n = stream.read(&mut chunk).await?;
+                if n == 0 {
+                    return Ok(());
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            buf.drain(..len);
+            len
+        };
+        let close = header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
+
+        let mut status = 200;
+        let mut extra = String::new();
+        if path == "/healthz" {
+            status = health.load(Ordering::SeqCst);
+        } else {
+            hits.fetch_add(1, Ordering::SeqCst);
+            if path.starts_with("/set-cookie") {
+                extra.push_str("Set-Cookie: a=1; Path=/\r\nSet-Cookie: b=2; HttpOnly\r\n");
+            } else if let Some(code) = path.strip_prefix("/status/") {
+                status = code.parse().unwrap_or(500);
+            }
+        }
+        let body = serde_json::json!({
+            "origin": name,
+            "method": method,
+            "path": path,
+            "headers": headers,
+            "body_len": body_len,
+        })
+        .to_string();
+        let response = format!(
+            "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nServer: origin\r\nX-Origin: {name}\r\n{extra}{}\r\n{body}",
+            body.len(),
+            if close { "Connection: close\r\n" } else { "" },
+        );
+        stream.write_all(response.as_bytes()).await?;
+        if close {
+            return Ok(());
+        }
+    }
+}
+
+async fn read_chunked(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+    let mut total = 0;
+    loop {
+        let line_end = loop {
+            if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
+                break i;
+            }
+            let mut chunk = [0u8; 8192];
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let size_text = String::from_utf8_lossy(&buf[..line_end]).to_string();
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidData))?;
+        let need = line_end + 2 + size + 2;
+        while buf.len() < need {
+            let mut chunk = [0u8; 8192];
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        buf.drain(..need);
+        total += size;
+        if size == 0 {
+            return Ok(total);
+        }
+    }
+}
+
+/// A WebSocket echo origin (tokio-tungstenite). Echoes text and binary messages; answers the
+/// text `whoami` with its name and `headers` with the upgrade request's headers as JSON;
+/// `close:CODE:REASON` makes it close with that code and reason.
+pub struct WsOrigin {
+    pub addr: SocketAddr,
+    pub name: String,
+    /// The headers of the last upgrade request received.
+    pub last_request: Arc<Mutex<Vec<(String, String)>>>,
+    task: JoinHandle<()>,
+}
+
+impl WsOrigin {
+    pub async fn start(name: &str) -> Self {
+        Self::start_on(name, "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    pub async fn start_on(name: &str, addr: SocketAddr) -> Self {
+        let listener = TcpListener::bind(addr).await.expect("bind ws origin");
+        let addr = listener.local_addr().unwrap();
+        let last_request = Arc::new(Mutex::new(Vec::new()));
+        let (n, last) = (name.to_owned(), Arc::clone(&last_request));
+        let task = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (n, last) = (n.clone(), Arc::clone(&last));
+                tokio::spawn(async move {
+                    let _ = serve_ws(stream, &n, &last).await;
+                });
+            }
+        });
+        WsOrigin { addr, name: name.to_owned(), last_request, task }
+    }
+}
+
+impl Drop for WsOrigin {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn serve_ws(stream: TcpStream, name: &str, last: &Mutex<Vec<(String, String)>>) -> Result<(), Box<dyn std::error::Error>> {
+    let mut seen = Vec::new();
+    let callback = |req: &Request, resp: Response| {
+        seen = req
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .collect();
+        Ok(resp)
+    };
+    let mut ws = tokio_tungstenite::accept_hdr_async(stream, callback).await?;
+    *last.lock().unwrap() = seen.clone();
+    while let Some(msg) = ws.next().await {
+        match msg? {
+            Message::Text(t) if t.as_str() == "whoami" => ws.send(Message::text(name)).await?,
+            Message::Text(t) if t.as_str() == "headers" => {
+                ws.send(Message::text(serde_json::to_string(&seen)?)).await?
+            }
+            Message::Text(t) if t.as_str().starts_with("close:") => {
+                let mut parts = t.as_str().splitn(3, ':').skip(1);
+                let code: u16 = parts.next().unwrap_or("1000").parse()?;
+                let reason = parts.next().unwrap_or("").to_owned();
+                ws.send(Message::Close(Some(CloseFrame { code: CloseCode::from(code), reason: reason.into() }))).await?;
+            }
+            m @ (Message::Text(_) | Message::Binary(_)) => ws.send(m).await?,
+            _ => {}
+        }
+    }
+    Ok(())
+}
