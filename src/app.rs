@@ -23,13 +23,22 @@ pub fn run(cli: &Cli, snapshot: Snapshot) -> ! {
     let mut server = Server::new_with_opt_and_conf(cli.pingora_opt(), conf);
     server.bootstrap();
 
-    let listeners: Vec<_> = snapshot.listeners.iter().map(|l| (l.addr.to_string(), l.tls.clone())).collect();
+    let listeners: Vec<_> = snapshot
+        .listeners
+        .iter()
+        .map(|l| (l.addr.to_string(), l.tls.clone()))
+        .collect();
     if snapshot.admin.is_some() {
         log::warn!("admin.address is accepted but the admin listener is not served yet");
     }
     let shared = Arc::new(ArcSwap::from_pointee(snapshot));
 
-    let mut proxy = http_proxy_service(&server.configuration, Portico { snapshot: Arc::clone(&shared) });
+    let mut proxy = http_proxy_service(
+        &server.configuration,
+        Portico {
+            snapshot: Arc::clone(&shared),
+        },
+    );
     for (addr, tls) in &listeners {
         match tls {
             None => proxy.add_tcp(addr),
@@ -46,8 +55,19 @@ pub fn run(cli: &Cli, snapshot: Snapshot) -> ! {
         }
     }
     server.add_service(proxy);
-    server.add_service(background_service("health checks", HealthService { snapshot: Arc::clone(&shared) }));
-    server.add_service(background_service("config reload", ReloadService { path: cli.conf.clone(), snapshot: shared }));
+    server.add_service(background_service(
+        "health checks",
+        HealthService {
+            snapshot: Arc::clone(&shared),
+        },
+    ));
+    server.add_service(background_service(
+        "config reload",
+        ReloadService {
+            path: cli.conf.clone(),
+            snapshot: shared,
+        },
+    ));
     server.run_forever()
 }
 
@@ -58,11 +78,20 @@ fn server_conf(snapshot: &Snapshot, cli: &Cli) -> ServerConf {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let mut conf = ServerConf {
         threads,
-        pid_file: s.pid_file.clone().unwrap_or_else(|| "/tmp/portico.pid".into()),
-        upgrade_sock: s.upgrade_sock.clone().unwrap_or_else(|| "/tmp/portico-upgrade.sock".into()),
-        grace_period_seconds: Some(ceil_secs(s.grace_period.map_or(DEFAULT_GRACE_PERIOD, |d| d.0))),
+        pid_file: s
+            .pid_file
+            .clone()
+            .unwrap_or_else(|| "/tmp/portico.pid".into()),
+        upgrade_sock: s
+            .upgrade_sock
+            .clone()
+            .unwrap_or_else(|| "/tmp/portico-upgrade.sock".into()),
+        grace_period_seconds: Some(ceil_secs(
+            s.grace_period.map_or(DEFAULT_GRACE_PERIOD, |d| d.0),
+        )),
         graceful_shutdown_timeout_seconds: Some(ceil_secs(
-            s.graceful_shutdown_timeout.map_or(DEFAULT_SHUTDOWN_TIMEOUT, |d| d.0),
+            s.graceful_shutdown_timeout
+                .map_or(DEFAULT_SHUTDOWN_TIMEOUT, |d| d.0),
         )),
         daemon: cli.daemon,
         ..ServerConf::default()
@@ -71,7 +100,13 @@ fn server_conf(snapshot: &Snapshot, cli: &Cli) -> ServerConf {
         conf.upstream_keepalive_pool_size = n;
     }
     // Our own `retries` per group decides; Pingora's cap must not cut it shorter.
-    conf.max_retries = snapshot.upstreams.values().map(|g| g.retries + 1).max().unwrap_or(1).max(conf.max_retries);
+    conf.max_retries = snapshot
+        .upstreams
+        .values()
+        .map(|g| g.retries + 1)
+        .max()
+        .unwrap_or(1)
+        .max(conf.max_retries);
     conf
 }
 

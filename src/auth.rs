@@ -39,14 +39,20 @@ impl BearerTokens {
     /// True when `authorization` is `Bearer <token>` with a listed token. Every listed token is
     /// compared in full, so the time taken does not tell how much of a guess was right.
     pub fn allows(&self, authorization: Option<&HeaderValue>) -> bool {
-        let Some(value) = authorization else { return false };
+        let Some(value) = authorization else {
+            return false;
+        };
         let bytes = value.as_bytes();
-        let Some(scheme) = bytes.get(..7) else { return false };
+        let Some(scheme) = bytes.get(..7) else {
+            return false;
+        };
         if !scheme.eq_ignore_ascii_case(b"bearer ") {
             return false;
         }
         let presented = bytes[7..].trim_ascii();
-        self.0.iter().fold(false, |found, t| found | constant_time_eq(t, presented))
+        self.0
+            .iter()
+            .fold(false, |found, t| found | constant_time_eq(t, presented))
     }
 }
 

@@ -5,7 +5,11 @@ use pingora::server::configuration::Opt;
 use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
-#[command(name = "portico", version, about = "A programmable edge proxy on Pingora")]
+#[command(
+    name = "portico",
+    version,
+    about = "A programmable edge proxy on Pingora"
+)]
 pub struct Cli {
     /// The YAML configuration file.
     #[arg(short = 'c', long = "conf", default_value = "conf/portico.yaml")]
@@ -25,6 +29,12 @@ impl Cli {
     /// Pingora's own options. `-t` and `-c` stay ours: Pingora's `-t` exits inside
     /// `bootstrap()` without knowing our YAML, and its `-c` is its own file format.
     pub fn pingora_opt(&self) -> Opt {
-        Opt { upgrade: self.upgrade, daemon: self.daemon, nocapture: false, test: false, conf: None }
+        Opt {
+            upgrade: self.upgrade,
+            daemon: self.daemon,
+            nocapture: false,
+            test: false,
+            conf: None,
+        }
     }
 }

@@ -4,8 +4,8 @@
 use crate::config::schema::HeaderRulesSection;
 use crate::config::{validate, ConfigErrors};
 use http::{HeaderMap, HeaderName, HeaderValue};
-use pingora::http::{RequestHeader, ResponseHeader};
 use ipnet::IpNet;
+use pingora::http::{RequestHeader, ResponseHeader};
 use std::net::IpAddr;
 
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -39,9 +39,13 @@ impl TrustedProxies {
         let mut client = peer;
         let values: Vec<&HeaderValue> = headers.get_all(&X_FORWARDED_FOR).iter().collect();
         for value in values.iter().rev() {
-            let Ok(text) = value.to_str() else { return client };
+            let Ok(text) = value.to_str() else {
+                return client;
+            };
             for hop in text.rsplit(',') {
-                let Some(ip) = parse_hop(hop) else { return client };
+                let Some(ip) = parse_hop(hop) else {
+                    return client;
+                };
                 client = ip;
                 if !self.contains(ip) {
                     return client;
@@ -58,7 +62,9 @@ fn parse_hop(hop: &str) -> Option<IpAddr> {
     if let Ok(ip) = hop.parse::<IpAddr>() {
         return Some(canonical(ip));
     }
-    hop.parse::<std::net::SocketAddr>().ok().map(|a| canonical(a.ip()))
+    hop.parse::<std::net::SocketAddr>()
+        .ok()
+        .map(|a| canonical(a.ip()))
 }
 
 /// IPv4-mapped IPv6 addresses (`::ffff:1.2.3.4`, from dual-stack sockets) as plain IPv4.
@@ -86,7 +92,12 @@ pub struct Forwarded<'a> {
 pub fn apply_forwarded(req: &mut RequestHeader, f: &Forwarded) {
     let peer = canonical(f.peer).to_string();
     let xff = if f.peer_trusted {
-        let prior: Vec<&str> = req.headers.get_all(&X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).collect();
+        let prior: Vec<&str> = req
+            .headers
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
         if prior.is_empty() {
             peer
         } else {
@@ -99,7 +110,10 @@ pub fn apply_forwarded(req: &mut RequestHeader, f: &Forwarded) {
     let _ = req.insert_header(X_FORWARDED_FOR.clone(), xff);
     let _ = req.insert_header(X_REAL_IP.clone(), f.client.to_string());
     if !(f.peer_trusted && req.headers.contains_key(&X_FORWARDED_PROTO)) {
-        let _ = req.insert_header(X_FORWARDED_PROTO.clone(), if f.tls { "https" } else { "http" });
+        let _ = req.insert_header(
+            X_FORWARDED_PROTO.clone(),
+            if f.tls { "https" } else { "http" },
+        );
     }
     if !(f.peer_trusted && req.headers.contains_key(&X_FORWARDED_HOST)) {
         match f.host.cloned() {
@@ -123,9 +137,17 @@ pub struct HeaderRules {
 }
 
 impl HeaderRules {
-    pub fn build(section: Option<&HeaderRulesSection>, path: &str, errs: &mut ConfigErrors) -> Self {
-        let Some(s) = section else { return HeaderRules::default() };
-        let pairs = |map: &std::collections::BTreeMap<String, String>, key: &str, errs: &mut ConfigErrors| {
+    pub fn build(
+        section: Option<&HeaderRulesSection>,
+        path: &str,
+        errs: &mut ConfigErrors,
+    ) -> Self {
+        let Some(s) = section else {
+            return HeaderRules::default();
+        };
+        let pairs = |map: &std::collections::BTreeMap<String, String>,
+                     key: &str,
+                     errs: &mut ConfigErrors| {
             map.iter()
                 .filter_map(|(n, v)| {
                     let p = format!("{path}.{key}.{n}");
@@ -191,7 +213,10 @@ mod tests {
     use super::*;
 
     fn trusted() -> TrustedProxies {
-        TrustedProxies::new(vec!["10.0.0.0/8".parse().unwrap(), "127.0.0.1/32".parse().unwrap()])
+        TrustedProxies::new(vec![
+            "10.0.0.0/8".parse().unwrap(),
+            "127.0.0.1/32".parse().unwrap(),
+        ])
     }
 
     fn xff(values: &[&str]) -> HeaderMap {

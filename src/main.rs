@@ -21,7 +21,12 @@ fn main() {
     let snapshot = config::load(&cli.conf).and_then(|cfg| Snapshot::build(&cfg, None));
     match snapshot {
         Err(errs) => {
-            eprintln!("portico: {}: invalid configuration ({} errors)", cli.conf.display(), errs.0.len());
+            let n = errs.0.len();
+            let plural = if n == 1 { "" } else { "s" };
+            eprintln!(
+                "portico: {}: invalid configuration ({n} error{plural})",
+                cli.conf.display()
+            );
             for e in &errs.0 {
                 eprintln!("{e}");
             }

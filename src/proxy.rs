@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use http::header;
 use log::info;
-use pingora::prelude::*;
 use pingora::http::ResponseHeader;
+use pingora::prelude::*;
 use pingora::proxy::{ProxyHttp, Session};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -62,7 +62,10 @@ impl ProxyHttp for Portico {
     /// Routing and every check that answers without a peer: 404, redirect, 403, 401.
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let peer_ip = peer_ip(session);
-        ctx.client_ip = ctx.snapshot.trusted.client_ip(peer_ip, &session.req_header().headers);
+        ctx.client_ip = ctx
+            .snapshot
+            .trusted
+            .client_ip(peer_ip, &session.req_header().headers);
         ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         ctx.upgrade = session.is_upgrade_req();
 
@@ -74,15 +77,36 @@ impl ProxyHttp for Portico {
         };
         if route.redirect_https && !ctx.tls {
             let location = https_location(host, req);
-            return respond(session, 301, "moved to https\n", Some((header::LOCATION, location))).await;
+            return respond(
+                session,
+                301,
+                "moved to https\n",
+                Some((header::LOCATION, location)),
+            )
+            .await;
         }
         if ctx.upgrade && !route.websocket.enabled {
-            return respond(session, 403, "websocket upgrades are not allowed here\n", None).await;
+            return respond(
+                session,
+                403,
+                "websocket upgrades are not allowed here\n",
+                None,
+            )
+            .await;
         }
         if let Some(tokens) = &route.auth {
             if !tokens.allows(session.req_header().headers.get(header::AUTHORIZATION)) {
-                let challenge = (header::WWW_AUTHENTICATE, "Bearer realm=\"portico\"".to_owned());
-                return respond(session, 401, "missing or invalid bearer token\n", Some(challenge)).await;
+                let challenge = (
+                    header::WWW_AUTHENTICATE,
+                    "Bearer realm=\"portico\"".to_owned(),
+                );
+                return respond(
+                    session,
+                    401,
+                    "missing or invalid bearer token\n",
+                    Some(challenge),
+                )
+                .await;
             }
         }
         if ctx.upgrade {
@@ -91,12 +115,22 @@ impl ProxyHttp for Portico {
         Ok(false)
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
-        let route = ctx.route().expect("request_filter answered every unrouted request");
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let route = ctx
+            .route()
+            .expect("request_filter answered every unrouted request");
         let group = &route.upstream;
         let key = ip_key(ctx.client_ip);
         let Some(peer) = group.select(key.as_ref(), &ctx.tried) else {
-            let (code, why) = if ctx.tried.is_empty() { (503, "no healthy peer") } else { (502, "no peer left to retry") };
+            let (code, why) = if ctx.tried.is_empty() {
+                (503, "no healthy peer")
+            } else {
+                (502, "no peer left to retry")
+            };
             return Error::e_explain(HTTPStatus(code), format!("upstream {}: {why}", group.name));
         };
         let mut http_peer = Box::new(peer.template.clone());
@@ -110,7 +144,13 @@ impl ProxyHttp for Portico {
     }
 
     /// Connect failures are retried on another peer, `retries` times per request.
-    fn fail_to_connect(&self, _session: &mut Session, _peer: &HttpPeer, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
         if let Some(route) = ctx.route() {
             if ctx.tried.len() <= route.upstream.retries {
                 e.set_retry(true);
@@ -119,7 +159,12 @@ impl ProxyHttp for Portico {
         e
     }
 
-    async fn upstream_request_filter(&self, session: &mut Session, req: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<()> {
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        req: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
         let peer = peer_ip(session);
         let forwarded = Forwarded {
             peer,
@@ -133,14 +178,25 @@ impl ProxyHttp for Portico {
         if route.strip_prefix {
             let pq = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
             let stripped = routing::strip_prefix(pq, &route.path_prefix);
-            req.set_uri(stripped.parse().or_err(InternalError, "path after strip_prefix")?);
+            req.set_uri(
+                stripped
+                    .parse()
+                    .or_err(InternalError, "path after strip_prefix")?,
+            );
         }
         route.request_headers.apply(req);
         Ok(())
     }
 
-    async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
-        let Some(route) = ctx.route() else { return Ok(()) };
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let Some(route) = ctx.route() else {
+            return Ok(());
+        };
         route.response_headers.apply(resp);
         Ok(())
     }
@@ -200,7 +256,12 @@ fn ip_key(ip: IpAddr) -> Vec<u8> {
 }
 
 /// Answers the request ourselves with a short text body; `Ok(true)` tells Pingora it is done.
-async fn respond(session: &mut Session, status: u16, body: &'static str, extra: Option<(header::HeaderName, String)>) -> Result<bool> {
+async fn respond(
+    session: &mut Session,
+    status: u16,
+    body: &'static str,
+    extra: Option<(header::HeaderName, String)>,
+) -> Result<bool> {
     let mut resp = ResponseHeader::build(status, Some(4))?;
     resp.insert_header(header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
     resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
@@ -208,6 +269,8 @@ async fn respond(session: &mut Session, status: u16, body: &'static str, extra: 
         resp.insert_header(name, value)?;
     }
     session.write_response_header(Box::new(resp), false).await?;
-    session.write_response_body(Some(Bytes::from_static(body.as_bytes())), true).await?;
+    session
+        .write_response_body(Some(Bytes::from_static(body.as_bytes())), true)
+        .await?;
     Ok(true)
 }

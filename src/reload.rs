@@ -53,7 +53,10 @@ impl ReloadService {
                 info!("configuration reloaded from {}", self.path.display());
             }
             Ok(Err(errs)) => {
-                error!("reload of {} refused, the old configuration keeps serving:", self.path.display());
+                error!(
+                    "reload of {} refused, the old configuration keeps serving:",
+                    self.path.display()
+                );
                 for e in &errs.0 {
                     error!("  {e}");
                 }

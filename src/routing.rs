@@ -20,7 +20,10 @@ impl PathTable {
     }
 
     fn find(&self, path: &str) -> Option<usize> {
-        self.0.iter().find(|(p, _)| path.starts_with(p.as_str())).map(|(_, i)| *i)
+        self.0
+            .iter()
+            .find(|(p, _)| path.starts_with(p.as_str()))
+            .map(|(_, i)| *i)
     }
 }
 
@@ -41,9 +44,14 @@ impl Router {
                 Some(suffix) => {
                     let pos = self.wildcard.iter().position(|(s, _)| s == suffix);
                     let pos = pos.unwrap_or_else(|| {
-                        self.wildcard.push((suffix.to_owned(), PathTable::default()));
-                        self.wildcard.sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
-                        self.wildcard.iter().position(|(s, _)| s == suffix).expect("just pushed")
+                        self.wildcard
+                            .push((suffix.to_owned(), PathTable::default()));
+                        self.wildcard
+                            .sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+                        self.wildcard
+                            .iter()
+                            .position(|(s, _)| s == suffix)
+                            .expect("just pushed")
                     });
                     &mut self.wildcard[pos].1
                 }
@@ -102,7 +110,9 @@ pub fn host_without_port(authority: &str) -> &str {
 /// `strip_prefix`: `/ws/chat` under `/ws/` reaches the peer as `/chat`; the query is kept and
 /// the result always starts with `/`.
 pub fn strip_prefix(path_and_query: &str, prefix: &str) -> String {
-    let rest = path_and_query.strip_prefix(prefix).unwrap_or(path_and_query);
+    let rest = path_and_query
+        .strip_prefix(prefix)
+        .unwrap_or(path_and_query);
     if rest.starts_with('/') {
         rest.to_owned()
     } else {

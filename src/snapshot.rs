@@ -68,13 +68,23 @@ impl Snapshot {
         }
         for (i, l) in cfg.listeners.iter().enumerate() {
             let path = format!("listeners[{i}]");
-            let Some(addr) = validate::listen_addr(&mut errs, &format!("{path}.address"), &l.address) else { continue };
+            let Some(addr) =
+                validate::listen_addr(&mut errs, &format!("{path}.address"), &l.address)
+            else {
+                continue;
+            };
             if !seen.insert(addr) {
-                errs.push(format!("{path}.address"), format!("duplicate listener {addr}"));
+                errs.push(
+                    format!("{path}.address"),
+                    format!("duplicate listener {addr}"),
+                );
             }
             let tls = l.tls.as_ref().map(|t| {
                 if t.certificates.is_empty() {
-                    errs.push(format!("{path}.tls.certificates"), "needs at least one certificate");
+                    errs.push(
+                        format!("{path}.tls.certificates"),
+                        "needs at least one certificate",
+                    );
                 }
                 t.certificates
                     .iter()
@@ -82,7 +92,10 @@ impl Snapshot {
                     .map(|(j, c)| {
                         for (key, file) in [("cert", &c.cert), ("key", &c.key)] {
                             if let Err(e) = std::fs::metadata(file) {
-                                errs.push(format!("{path}.tls.certificates[{j}].{key}"), format!("cannot read {file}: {e}"));
+                                errs.push(
+                                    format!("{path}.tls.certificates[{j}].{key}"),
+                                    format!("cannot read {file}: {e}"),
+                                );
                             }
                         }
                         (c.cert.clone(), c.key.clone())
@@ -117,7 +130,8 @@ impl Snapshot {
                 .filter(|g| g.source == *section)
                 .cloned();
             let group = reused.or_else(|| {
-                UpstreamGroup::build(name, section, &format!("upstreams.{name}"), &mut errs).map(Arc::new)
+                UpstreamGroup::build(name, section, &format!("upstreams.{name}"), &mut errs)
+                    .map(Arc::new)
             });
             if let Some(g) = group {
                 upstreams.insert(name.clone(), g);
@@ -131,26 +145,66 @@ impl Snapshot {
         for (i, r) in cfg.routes.iter().enumerate() {
             let path = format!("routes[{i}]");
             let before = errs.0.len();
-            let host = r.host.as_deref().and_then(|h| validate::host_pattern(&mut errs, &format!("{path}.host"), h));
-            let prefix = validate::path_prefix(&mut errs, &format!("{path}.path_prefix"), r.path_prefix.as_deref().unwrap_or("/"));
+            let host = r
+                .host
+                .as_deref()
+                .and_then(|h| validate::host_pattern(&mut errs, &format!("{path}.host"), h));
+            let prefix = validate::path_prefix(
+                &mut errs,
+                &format!("{path}.path_prefix"),
+                r.path_prefix.as_deref().unwrap_or("/"),
+            );
             let upstream = upstreams.get(&r.upstream).cloned();
             if upstream.is_none() && !cfg.upstreams.contains_key(&r.upstream) {
-                errs.push(format!("{path}.upstream"), format!("unknown upstream {:?}", r.upstream));
+                errs.push(
+                    format!("{path}.upstream"),
+                    format!("unknown upstream {:?}", r.upstream),
+                );
             }
             let name = r.name.clone().unwrap_or_else(|| format!("route{i}"));
             if !names.insert(name.clone()) {
-                errs.push(format!("{path}.name"), format!("duplicate route name {name:?}"));
+                errs.push(
+                    format!("{path}.name"),
+                    format!("duplicate route name {name:?}"),
+                );
             }
             let ws = r.websocket.as_ref();
-            let idle_timeout = ws.and_then(|w| w.idle_timeout).map_or(DEFAULT_WS_IDLE_TIMEOUT, |d| d.0);
-            validate::nonzero(&mut errs, &format!("{path}.websocket.idle_timeout"), idle_timeout);
-            let websocket = WebSocketPolicy { enabled: ws.is_none_or(|w| w.enabled), idle_timeout };
-            let request_headers = HeaderRules::build(r.request_headers.as_ref(), &format!("{path}.request_headers"), &mut errs);
-            let response_headers = HeaderRules::build(r.response_headers.as_ref(), &format!("{path}.response_headers"), &mut errs);
-            let auth = r.auth.as_ref().and_then(|a| BearerTokens::load(&a.bearer_tokens_file, &format!("{path}.auth.bearer_tokens_file"), &mut errs));
+            let idle_timeout = ws
+                .and_then(|w| w.idle_timeout)
+                .map_or(DEFAULT_WS_IDLE_TIMEOUT, |d| d.0);
+            validate::nonzero(
+                &mut errs,
+                &format!("{path}.websocket.idle_timeout"),
+                idle_timeout,
+            );
+            let websocket = WebSocketPolicy {
+                enabled: ws.is_none_or(|w| w.enabled),
+                idle_timeout,
+            };
+            let request_headers = HeaderRules::build(
+                r.request_headers.as_ref(),
+                &format!("{path}.request_headers"),
+                &mut errs,
+            );
+            let response_headers = HeaderRules::build(
+                r.response_headers.as_ref(),
+                &format!("{path}.response_headers"),
+                &mut errs,
+            );
+            let auth = r.auth.as_ref().and_then(|a| {
+                BearerTokens::load(
+                    &a.bearer_tokens_file,
+                    &format!("{path}.auth.bearer_tokens_file"),
+                    &mut errs,
+                )
+            });
             if let Some(rl) = &r.rate_limit {
                 let p = format!("{path}.rate_limit");
-                for (key, v) in [("requests_per_second", rl.requests_per_second), ("burst", rl.burst), ("max_connections", rl.max_connections)] {
+                for (key, v) in [
+                    ("requests_per_second", rl.requests_per_second),
+                    ("burst", rl.burst),
+                    ("max_connections", rl.max_connections),
+                ] {
                     if v == Some(0) {
                         errs.push(format!("{p}.{key}"), "must be at least 1");
                     }
@@ -160,9 +214,17 @@ impl Snapshot {
             if errs.0.len() > before {
                 continue;
             }
-            let (Some(prefix), Some(upstream)) = (prefix, upstream) else { continue };
+            let (Some(prefix), Some(upstream)) = (prefix, upstream) else {
+                continue;
+            };
             if !keys.insert((host.clone(), prefix.clone())) {
-                errs.push(path, format!("duplicate route: another route has host {:?} and path_prefix {prefix:?}", host.as_deref().unwrap_or("*")));
+                errs.push(
+                    path,
+                    format!(
+                        "duplicate route: another route has host {:?} and path_prefix {prefix:?}",
+                        host.as_deref().unwrap_or("*")
+                    ),
+                );
                 continue;
             }
             router.add(host.as_deref(), &prefix, routes.len());
@@ -197,13 +259,22 @@ impl Snapshot {
     pub fn check_reloadable(&self, live: &Snapshot) -> Result<(), ConfigErrors> {
         let mut errs = ConfigErrors::default();
         if self.listeners != live.listeners {
-            errs.push("listeners", "cannot change on reload; use a binary upgrade (portico -u)");
+            errs.push(
+                "listeners",
+                "cannot change on reload; use a binary upgrade (portico -u)",
+            );
         }
         if self.admin != live.admin {
-            errs.push("admin", "cannot change on reload; use a binary upgrade (portico -u)");
+            errs.push(
+                "admin",
+                "cannot change on reload; use a binary upgrade (portico -u)",
+            );
         }
         if self.server != live.server {
-            errs.push("server", "cannot change on reload; use a binary upgrade (portico -u)");
+            errs.push(
+                "server",
+                "cannot change on reload; use a binary upgrade (portico -u)",
+            );
         }
         errs.into_result(())
     }

@@ -26,11 +26,17 @@ pub struct ConfigErrors(pub Vec<ConfigError>);
 
 impl ConfigErrors {
     pub fn one(path: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigErrors(vec![ConfigError { path: path.into(), message: message.into() }])
+        ConfigErrors(vec![ConfigError {
+            path: path.into(),
+            message: message.into(),
+        }])
     }
 
     pub fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.0.push(ConfigError { path: path.into(), message: message.into() });
+        self.0.push(ConfigError {
+            path: path.into(),
+            message: message.into(),
+        });
     }
 
     pub fn is_empty(&self) -> bool {
@@ -60,7 +66,8 @@ impl ConfigErrors {
 fn looks_like_path(s: &str) -> bool {
     !s.is_empty()
         && !s.contains(' ')
-        && s.chars().all(|c| c.is_alphanumeric() || "._-[]*".contains(c))
+        && s.chars()
+            .all(|c| c.is_alphanumeric() || "._-[]*".contains(c))
 }
 
 impl fmt::Display for ConfigErrors {

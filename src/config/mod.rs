@@ -13,9 +13,8 @@ use std::path::Path;
 /// types) stop at the first one, as serde does; semantic errors are collected later by
 /// [`crate::snapshot::Snapshot::build`], all of them at once.
 pub fn load(path: &Path) -> Result<FileConfig, ConfigErrors> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        ConfigErrors::one("", format!("cannot read {}: {e}", path.display()))
-    })?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigErrors::one("", format!("cannot read {}: {e}", path.display())))?;
     parse(&text)
 }
 

@@ -119,11 +119,17 @@ impl<'de> Deserialize<'de> for PeerSpec {
                 f.write_str("a peer address such as 10.0.0.11:3000 or {address, weight}")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<PeerSpec, E> {
-                Ok(PeerSpec { address: v.to_owned(), weight: None })
+                Ok(PeerSpec {
+                    address: v.to_owned(),
+                    weight: None,
+                })
             }
             fn visit_map<M: MapAccess<'de>>(self, map: M) -> Result<PeerSpec, M::Error> {
                 let long = PeerLong::deserialize(de::value::MapAccessDeserializer::new(map))?;
-                Ok(PeerSpec { address: long.address, weight: long.weight })
+                Ok(PeerSpec {
+                    address: long.address,
+                    weight: long.weight,
+                })
             }
         }
         d.deserialize_any(PeerVisitor)

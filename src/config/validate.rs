@@ -14,7 +14,10 @@ pub fn listen_addr(errs: &mut ConfigErrors, path: &str, s: &str) -> Option<Socke
     match s.parse::<SocketAddr>() {
         Ok(a) => Some(a),
         Err(_) => {
-            errs.push(path, format!("invalid address {s:?}: expected IP:port, e.g. 0.0.0.0:8080"));
+            errs.push(
+                path,
+                format!("invalid address {s:?}: expected IP:port, e.g. 0.0.0.0:8080"),
+            );
             None
         }
     }
@@ -27,11 +30,17 @@ pub fn peer_addr(errs: &mut ConfigErrors, path: &str, s: &str) -> Option<SocketA
         return Some(a);
     }
     let Some((host, port)) = s.rsplit_once(':') else {
-        errs.push(path, format!("invalid peer address {s:?}: expected host:port"));
+        errs.push(
+            path,
+            format!("invalid peer address {s:?}: expected host:port"),
+        );
         return None;
     };
     if host.is_empty() || port.parse::<u16>().is_err() {
-        errs.push(path, format!("invalid peer address {s:?}: expected host:port"));
+        errs.push(
+            path,
+            format!("invalid peer address {s:?}: expected host:port"),
+        );
         return None;
     }
     match s.to_socket_addrs().map(|mut it| it.next()) {
@@ -51,7 +60,10 @@ pub fn cidr(errs: &mut ConfigErrors, path: &str, s: &str) -> Option<IpNet> {
     if let Ok(ip) = s.parse::<IpAddr>() {
         return Some(IpNet::from(ip));
     }
-    errs.push(path, format!("invalid CIDR {s:?}: expected e.g. 10.0.0.0/8 or 127.0.0.1"));
+    errs.push(
+        path,
+        format!("invalid CIDR {s:?}: expected e.g. 10.0.0.0/8 or 127.0.0.1"),
+    );
     None
 }
 
@@ -69,7 +81,10 @@ pub fn header_value(errs: &mut ConfigErrors, path: &str, s: &str) -> Option<Head
     match HeaderValue::from_str(s) {
         Ok(v) => Some(v),
         Err(_) => {
-            errs.push(path, format!("invalid header value {s:?}: no control characters allowed"));
+            errs.push(
+                path,
+                format!("invalid header value {s:?}: no control characters allowed"),
+            );
             None
         }
     }
@@ -77,8 +92,14 @@ pub fn header_value(errs: &mut ConfigErrors, path: &str, s: &str) -> Option<Head
 
 /// A route's `path_prefix`: starts with `/`, no query, no whitespace.
 pub fn path_prefix(errs: &mut ConfigErrors, path: &str, s: &str) -> Option<String> {
-    if !s.starts_with('/') || s.contains(['?', '#']) || s.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        errs.push(path, format!("invalid path_prefix {s:?}: must start with / and hold no query or spaces"));
+    if !s.starts_with('/')
+        || s.contains(['?', '#'])
+        || s.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
+        errs.push(
+            path,
+            format!("invalid path_prefix {s:?}: must start with / and hold no query or spaces"),
+        );
         return None;
     }
     Some(s.to_owned())
@@ -93,10 +114,15 @@ pub fn host_pattern(errs: &mut ConfigErrors, path: &str, s: &str) -> Option<Stri
         && name.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         });
     if !ok {
-        errs.push(path, format!("invalid host {s:?}: expected a name such as example.com or *.example.com"));
+        errs.push(
+            path,
+            format!("invalid host {s:?}: expected a name such as example.com or *.example.com"),
+        );
         return None;
     }
     Some(lower)

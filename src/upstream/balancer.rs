@@ -47,12 +47,19 @@ pub struct UpstreamGroup {
 
 impl UpstreamGroup {
     /// Compiles `section`, pushing every problem under `path` (`upstreams.NAME`).
-    pub fn build(name: &str, section: &UpstreamSection, path: &str, errs: &mut ConfigErrors) -> Option<Self> {
+    pub fn build(
+        name: &str,
+        section: &UpstreamSection,
+        path: &str,
+        errs: &mut ConfigErrors,
+    ) -> Option<Self> {
         let before = errs.0.len();
         if section.peers.is_empty() {
             errs.push(format!("{path}.peers"), "needs at least one peer");
         }
-        let connect_timeout = section.connect_timeout.map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.0);
+        let connect_timeout = section
+            .connect_timeout
+            .map_or(DEFAULT_CONNECT_TIMEOUT, |d| d.0);
         validate::nonzero(errs, &format!("{path}.connect_timeout"), connect_timeout);
         let read_timeout = section.read_timeout.map_or(DEFAULT_READ_TIMEOUT, |d| d.0);
         validate::nonzero(errs, &format!("{path}.read_timeout"), read_timeout);
@@ -64,8 +71,11 @@ impl UpstreamGroup {
         let mut order = Vec::new();
         for (i, spec) in section.peers.iter().enumerate() {
             let ppath = format!("{path}.peers[{i}]");
-            let weight = validate::at_least_one(errs, &format!("{ppath}.weight"), spec.weight.unwrap_or(1));
-            let Some(addr) = validate::peer_addr(errs, &ppath, &spec.address) else { continue };
+            let weight =
+                validate::at_least_one(errs, &format!("{ppath}.weight"), spec.weight.unwrap_or(1));
+            let Some(addr) = validate::peer_addr(errs, &ppath, &spec.address) else {
+                continue;
+            };
             if peers.contains_key(&addr) {
                 errs.push(ppath, format!("duplicate peer {addr}"));
                 continue;
@@ -129,7 +139,12 @@ impl UpstreamGroup {
 
     /// The eligible peer with the fewest in-flight requests per unit of weight; ties go round
     /// robin from a moving start so equal peers share the load.
-    fn least_conn(&self, lb: &LoadBalancer<RoundRobin>, cursor: &AtomicUsize, exclude: &[SocketAddr]) -> Option<&Arc<Peer>> {
+    fn least_conn(
+        &self,
+        lb: &LoadBalancer<RoundRobin>,
+        cursor: &AtomicUsize,
+        exclude: &[SocketAddr],
+    ) -> Option<&Arc<Peer>> {
         let n = self.order.len();
         let start = cursor.fetch_add(1, Ordering::Relaxed);
         let mut best: Option<&Arc<Peer>> = None;
@@ -139,7 +154,8 @@ impl UpstreamGroup {
                 continue;
             }
             // a/wa < b/wb  <=>  a*wb < b*wa, without division.
-            let better = best.is_none_or(|b| peer.inflight() * b.weight < b.inflight() * peer.weight);
+            let better =
+                best.is_none_or(|b| peer.inflight() * b.weight < b.inflight() * peer.weight);
             if better {
                 best = Some(peer);
             }

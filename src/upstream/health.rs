@@ -38,10 +38,26 @@ pub fn build(
     errs: &mut ConfigErrors,
 ) -> Option<(Box<dyn HealthCheck + Send + Sync>, HealthSchedule)> {
     let before = errs.0.len();
-    let interval = validate::nonzero(errs, &format!("{path}.interval"), hc.interval.map_or(DEFAULT_INTERVAL, |d| d.0));
-    let timeout = validate::nonzero(errs, &format!("{path}.timeout"), hc.timeout.map_or(DEFAULT_TIMEOUT, |d| d.0));
-    let healthy = validate::at_least_one(errs, &format!("{path}.healthy_threshold"), hc.healthy_threshold.unwrap_or(DEFAULT_HEALTHY));
-    let unhealthy = validate::at_least_one(errs, &format!("{path}.unhealthy_threshold"), hc.unhealthy_threshold.unwrap_or(DEFAULT_UNHEALTHY));
+    let interval = validate::nonzero(
+        errs,
+        &format!("{path}.interval"),
+        hc.interval.map_or(DEFAULT_INTERVAL, |d| d.0),
+    );
+    let timeout = validate::nonzero(
+        errs,
+        &format!("{path}.timeout"),
+        hc.timeout.map_or(DEFAULT_TIMEOUT, |d| d.0),
+    );
+    let healthy = validate::at_least_one(
+        errs,
+        &format!("{path}.healthy_threshold"),
+        hc.healthy_threshold.unwrap_or(DEFAULT_HEALTHY),
+    );
+    let unhealthy = validate::at_least_one(
+        errs,
+        &format!("{path}.unhealthy_threshold"),
+        hc.unhealthy_threshold.unwrap_or(DEFAULT_UNHEALTHY),
+    );
     let check: Box<dyn HealthCheck + Send + Sync> = match hc.kind {
         HealthCheckType::Tcp => {
             if hc.path.is_some() {
@@ -84,7 +100,11 @@ pub fn build(
     if errs.0.len() > before {
         return None;
     }
-    let schedule = HealthSchedule { interval, next_due: Mutex::new(Instant::now()), running: AtomicBool::new(false) };
+    let schedule = HealthSchedule {
+        interval,
+        next_due: Mutex::new(Instant::now()),
+        running: AtomicBool::new(false),
+    };
     Some((check, schedule))
 }
 
@@ -114,7 +134,9 @@ impl HealthService {
         let now = Instant::now();
         let mut wait = MAX_TICK;
         for group in snapshot.upstreams.values() {
-            let Some(schedule) = &group.health else { continue };
+            let Some(schedule) = &group.health else {
+                continue;
+            };
             let mut due = schedule.next_due.lock().unwrap_or_else(|p| p.into_inner());
             if *due <= now && !schedule.running.swap(true, Ordering::AcqRel) {
                 *due = now + schedule.interval;

@@ -23,7 +23,13 @@ impl Peer {
     pub fn new(addr: SocketAddr, weight: usize, template: HttpPeer) -> Self {
         let mut backend = Backend::new(&addr.to_string()).expect("a SocketAddr formats as one");
         backend.weight = weight;
-        Peer { addr, weight, template, backend, inflight: AtomicUsize::new(0) }
+        Peer {
+            addr,
+            weight,
+            template,
+            backend,
+            inflight: AtomicUsize::new(0),
+        }
     }
 
     pub fn inflight(&self) -> usize {

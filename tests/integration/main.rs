@@ -1,1 +1,11 @@
+//! portico's integration tests: the real binary, real origins and WebSocket echo servers on
+//! 127.0.0.1, real signals. One test binary; `harness` starts things, `origins` serves.
 
+mod harness;
+mod origins;
+
+mod balancing;
+mod config_check;
+mod headers;
+mod routing;
+mod websocket;

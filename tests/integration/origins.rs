@@ -2,6 +2,8 @@
 //! with what it received as JSON and names itself, and a WebSocket echo origin.
 //! Shared by `tests/integration` and `examples/demo_origins.rs` (one copy of the code).
 #![allow(dead_code)]
+// tungstenite's handshake callback fixes its (large) error type.
+#![allow(clippy::result_large_err)]
 
 use futures_util::{SinkExt, StreamExt};
 use std::net::SocketAddr;
@@ -48,7 +50,13 @@ impl HttpOrigin {
                 });
             }
         });
-        HttpOrigin { addr, name: name.to_owned(), health, hits, task }
+        HttpOrigin {
+            addr,
+            name: name.to_owned(),
+            health,
+            hits,
+            task,
+        }
     }
 
     pub fn set_health(&self, status: u16) {
@@ -67,7 +75,12 @@ impl Drop for HttpOrigin {
     }
 }
 
-async fn serve_http(mut stream: TcpStream, name: &str, health: &AtomicU16, hits: &AtomicUsize) -> std::io::Result<()> {
+async fn serve_http(
+    mut stream: TcpStream,
+    name: &str,
+    health: &AtomicU16,
+    hits: &AtomicUsize,
+) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(4096);
     loop {
         // Read one request head.
@@ -79,9 +92,19 @@ async fn serve_http(mut stream: TcpStream, name: &str, health: &AtomicU16, hits:
                     let headers: Vec<(String, String)> = req
                         .headers
                         .iter()
-                        .map(|h| (h.name.to_owned(), String::from_utf8_lossy(h.value).into_owned()))
+                        .map(|h| {
+                            (
+                                h.name.to_owned(),
+                                String::from_utf8_lossy(h.value).into_owned(),
+                            )
+                        })
                         .collect();
-                    break (len, req.method.unwrap_or("").to_owned(), req.path.unwrap_or("").to_owned(), headers);
+                    break (
+                        len,
+                        req.method.unwrap_or("").to_owned(),
+                        req.path.unwrap_or("").to_owned(),
+                        headers,
+                    );
                 }
                 Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {
                     let mut chunk = [0u8; 4096];
@@ -95,22 +118,30 @@ async fn serve_http(mut stream: TcpStream, name: &str, health: &AtomicU16, hits:
             }
         };
         buf.drain(..head_len);
-        let header = |k: &str| headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(k)).map(|(_, v)| v.as_str());
-        let body_len = if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
-            read_chunked(&mut stream, &mut buf).await?
-        } else {
-            let len: usize = header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
-            while buf.len() < len {
-                let mut chunk = [0u8; 8192];
-                let n = stream.read(&mut chunk).await?;
-                if n == 0 {
-                    return Ok(());
-                }
-                buf.extend_from_slice(&chunk[..n]);
-            }
-            buf.drain(..len);
-            len
+        let header = |k: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(k))
+                .map(|(_, v)| v.as_str())
         };
+        let body_len =
+            if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+                read_chunked(&mut stream, &mut buf).await?
+            } else {
+                let len: usize = header("content-length")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                while buf.len() < len {
+                    let mut chunk = [0u8; 8192];
+                    let n = stream.read(&mut chunk).await?;
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                buf.drain(..len);
+                len
+            };
         let close = header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
 
         let mut status = 200;
@@ -208,7 +239,12 @@ impl WsOrigin {
                 });
             }
         });
-        WsOrigin { addr, name: name.to_owned(), last_request, task }
+        WsOrigin {
+            addr,
+            name: name.to_owned(),
+            last_request,
+            task,
+        }
     }
 }
 
@@ -218,13 +254,32 @@ impl Drop for WsOrigin {
     }
 }
 
-async fn serve_ws(stream: TcpStream, name: &str, last: &Mutex<Vec<(String, String)>>) -> Result<(), Box<dyn std::error::Error>> {
+async fn serve_ws(
+    stream: TcpStream,
+    name: &str,
+    last: &Mutex<Vec<(String, String)>>,
+) -> Result<(), Box<dyn std::error::Error>> {
     let mut seen = Vec::new();
-    let callback = |req: &Request, resp: Response| {
+    let callback = |req: &Request, mut resp: Response| {
+        // Like a real server, accept the first subprotocol the client offers.
+        if let Some(first) = req
+            .headers()
+            .get("sec-websocket-protocol")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+        {
+            resp.headers_mut()
+                .insert("sec-websocket-protocol", first.trim().parse().unwrap());
+        }
         seen = req
             .headers()
             .iter()
-            .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
             .collect();
         Ok(resp)
     };
@@ -234,13 +289,18 @@ async fn serve_ws(stream: TcpStream, name: &str, last: &Mutex<Vec<(String, Strin
         match msg? {
             Message::Text(t) if t.as_str() == "whoami" => ws.send(Message::text(name)).await?,
             Message::Text(t) if t.as_str() == "headers" => {
-                ws.send(Message::text(serde_json::to_string(&seen)?)).await?
+                ws.send(Message::text(serde_json::to_string(&seen)?))
+                    .await?
             }
             Message::Text(t) if t.as_str().starts_with("close:") => {
                 let mut parts = t.as_str().splitn(3, ':').skip(1);
                 let code: u16 = parts.next().unwrap_or("1000").parse()?;
                 let reason = parts.next().unwrap_or("").to_owned();
-                ws.send(Message::Close(Some(CloseFrame { code: CloseCode::from(code), reason: reason.into() }))).await?;
+                ws.send(Message::Close(Some(CloseFrame {
+                    code: CloseCode::from(code),
+                    reason: reason.into(),
+                })))
+                .await?;
             }
             m @ (Message::Text(_) | Message::Binary(_)) => ws.send(m).await?,
             _ => {}

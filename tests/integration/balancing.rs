@@ -1,0 +1,264 @@
+//! Peer selection: weighted round robin, ip_hash stickiness and minimal remap, least_conn,
+//! health checks taking peers out and back, retries, 502/503 when nothing can answer.
+
+use crate::harness::*;
+use crate::origins::{HttpOrigin, WsOrigin};
+use futures_util::{SinkExt, StreamExt};
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Message;
+
+fn one_route(upstream: &str) -> String {
+    format!("upstreams:\n  app:\n{upstream}routes:\n  - {{path_prefix: /, upstream: app}}\n")
+}
+
+const FAST_HEALTH: &str = "    health_check: {type: http, path: /healthz, interval: 100ms, timeout: 500ms, healthy_threshold: 1, unhealthy_threshold: 1}\n";
+
+#[tokio::test]
+async fn weighted_round_robin_follows_weights() {
+    let a = HttpOrigin::start("a").await;
+    let b = HttpOrigin::start("b").await;
+    let up = format!("    balance: round_robin\n    peers:\n      - '{}'\n      - {{address: '{}', weight: 3}}\n", a.addr, b.addr);
+    let proxy = Proxy::start(&one_route(&up)).await;
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for _ in 0..400 {
+        *counts
+            .entry(get(proxy.addr, "/", &[]).await.origin())
+            .or_default() += 1;
+    }
+    let (ca, cb) = (counts["a"], counts["b"]);
+    assert_eq!(ca + cb, 400);
+    assert!(
+        (90..=110).contains(&ca) && (290..=310).contains(&cb),
+        "a={ca} b={cb}, want 100/300"
+    );
+}
+
+fn client(i: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 0, 0, i))
+}
+
+async fn mapping(proxy: &Proxy, clients: std::ops::RangeInclusive<u8>) -> HashMap<u8, String> {
+    let mut m = HashMap::new();
+    for i in clients {
+        m.insert(i, get_from(client(i), proxy.addr, "/", &[]).await.origin());
+    }
+    m
+}
+
+#[tokio::test]
+async fn ip_hash_is_sticky_and_moves_only_the_clients_of_a_failed_peer() {
+    let peers = [
+        HttpOrigin::start("a").await,
+        HttpOrigin::start("b").await,
+        HttpOrigin::start("c").await,
+    ];
+    let up = format!(
+        "    balance: ip_hash\n    peers: ['{}', '{}', '{}']\n{FAST_HEALTH}",
+        peers[0].addr, peers[1].addr, peers[2].addr
+    );
+    let proxy = Proxy::start(&one_route(&up)).await;
+    let before = mapping(&proxy, 2..=41).await;
+    assert_eq!(
+        mapping(&proxy, 2..=41).await,
+        before,
+        "every client keeps its peer"
+    );
+    let used: std::collections::HashSet<_> = before.values().collect();
+    assert_eq!(
+        used.len(),
+        3,
+        "40 clients spread over all 3 peers: {before:?}"
+    );
+
+    peers[2].set_health(503);
+    let moved_client = *before.iter().find(|(_, p)| *p == "c").unwrap().0;
+    eventually("c is marked down", || async {
+        get_from(client(moved_client), proxy.addr, "/", &[])
+            .await
+            .origin()
+            != "c"
+    })
+    .await;
+    let after = mapping(&proxy, 2..=41).await;
+    for (i, peer) in &before {
+        if peer == "c" {
+            assert_ne!(after[i], "c", "client {i} still sent to the down peer");
+        } else {
+            assert_eq!(
+                &after[i], peer,
+                "client {i} moved although its peer is healthy"
+            );
+        }
+    }
+
+    peers[2].set_health(200);
+    eventually("c is back", || async {
+        get_from(client(moved_client), proxy.addr, "/", &[])
+            .await
+            .origin()
+            == "c"
+    })
+    .await;
+    assert_eq!(
+        mapping(&proxy, 2..=41).await,
+        before,
+        "the original mapping returns"
+    );
+}
+
+/// X-Forwarded-For from a trusted proxy decides the hash: the client, not the proxy, is sticky.
+#[tokio::test]
+async fn ip_hash_uses_the_client_ip_behind_trusted_proxies() {
+    let peers = [HttpOrigin::start("a").await, HttpOrigin::start("b").await];
+    let up = format!(
+        "    balance: ip_hash\n    peers: ['{}', '{}']\n",
+        peers[0].addr, peers[1].addr
+    );
+    let proxy = Proxy::start(&format!("trusted_proxies: [127.0.0.1]\n{}", one_route(&up))).await;
+    let mut seen = std::collections::HashSet::new();
+    for i in 1..=40 {
+        let xff = format!("198.51.100.{i}");
+        let first = get(proxy.addr, "/", &[("X-Forwarded-For", &xff)])
+            .await
+            .origin();
+        assert_eq!(
+            get(proxy.addr, "/", &[("X-Forwarded-For", &xff)])
+                .await
+                .origin(),
+            first
+        );
+        seen.insert(first);
+    }
+    assert_eq!(
+        seen.len(),
+        2,
+        "different clients behind one proxy spread over peers"
+    );
+}
+
+#[tokio::test]
+async fn health_check_takes_a_peer_out_and_back() {
+    let a = HttpOrigin::start("a").await;
+    let b = HttpOrigin::start("b").await;
+    let up = format!("    peers: ['{}', '{}']\n{FAST_HEALTH}", a.addr, b.addr);
+    let proxy = Proxy::start(&one_route(&up)).await;
+    b.set_health(500);
+    eventually("b marked down", || async {
+        let hits = b.hits();
+        for _ in 0..4 {
+            get(proxy.addr, "/", &[]).await;
+        }
+        b.hits() == hits
+    })
+    .await;
+    for _ in 0..20 {
+        assert_eq!(get(proxy.addr, "/", &[]).await.origin(), "a");
+    }
+    proxy.wait_for_log("becomes unhealthy").await;
+    b.set_health(204); // any 2xx is healthy
+    eventually("b back up", || async {
+        get(proxy.addr, "/", &[]).await.origin() == "b"
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn connect_failure_is_retried_on_another_peer() {
+    let live = HttpOrigin::start("live").await;
+    let dead = free_addr();
+    let up = format!(
+        "    peers: ['{dead}', '{}']\n    retries: 1\n    connect_timeout: 1s\n",
+        live.addr
+    );
+    let proxy = Proxy::start(&one_route(&up)).await;
+    for _ in 0..20 {
+        let r = get(proxy.addr, "/", &[]).await;
+        assert_eq!((r.status, r.origin()), (200, "live".to_owned()));
+    }
+}
+
+#[tokio::test]
+async fn without_retries_a_dead_peer_fails_its_share_with_502() {
+    let live = HttpOrigin::start("live").await;
+    let dead = free_addr();
+    let up = format!("    peers: ['{dead}', '{}']\n    retries: 0\n", live.addr);
+    let proxy = Proxy::start(&one_route(&up)).await;
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        statuses.push(get(proxy.addr, "/", &[]).await.status);
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 502).count(),
+        5,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        5,
+        "{statuses:?}"
+    );
+}
+
+#[tokio::test]
+async fn all_peers_dead_is_502_at_once() {
+    let up = format!(
+        "    peers: ['{}', '{}']\n    retries: 1\n",
+        free_addr(),
+        free_addr()
+    );
+    let proxy = Proxy::start(&one_route(&up)).await;
+    let started = Instant::now();
+    assert_eq!(get(proxy.addr, "/", &[]).await.status, 502);
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn all_peers_unhealthy_is_503_at_once() {
+    let a = HttpOrigin::start("a").await;
+    a.set_health(500);
+    let up = format!("    peers: ['{}']\n{FAST_HEALTH}", a.addr);
+    let proxy = Proxy::start(&one_route(&up)).await;
+    eventually("a marked down", || async {
+        get(proxy.addr, "/", &[]).await.status == 503
+    })
+    .await;
+    let started = Instant::now();
+    let r = get(proxy.addr, "/", &[]).await;
+    assert_eq!(r.status, 503);
+    assert!(started.elapsed() < Duration::from_secs(1));
+}
+
+/// least_conn counts open upgraded connections: held WebSockets spread evenly.
+#[tokio::test]
+async fn least_conn_sends_new_connections_to_the_least_busy_peer() {
+    let x = WsOrigin::start("x").await;
+    let y = WsOrigin::start("y").await;
+    let up = format!(
+        "    balance: least_conn\n    peers: ['{}', '{}']\n",
+        x.addr, y.addr
+    );
+    let proxy = Proxy::start(&one_route(&up)).await;
+    let mut held = Vec::new();
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for _ in 0..6 {
+        let (mut ws, _) = ws_connect(proxy.addr, "/", &[]).await.unwrap();
+        ws.send(Message::text("whoami")).await.unwrap();
+        let name = ws
+            .next()
+            .await
+            .unwrap()
+            .unwrap()
+            .into_text()
+            .unwrap()
+            .to_string();
+        *counts.entry(name).or_default() += 1;
+        held.push(ws);
+    }
+    assert_eq!((counts["x"], counts["y"]), (3, 3), "{counts:?}");
+}

@@ -1,0 +1,372 @@
+//! The test harness: runs the real portico binary on a free port with a generated config,
+//! waits until it accepts connections, and talks to it with raw HTTP/1.1 and WebSocket clients.
+#![allow(dead_code)]
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_portico");
+/// Every network wait in a test is bounded by this, so a bug shows as a failure, not a hang.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A running portico process. Dropping it kills that process (by its pid, nothing else).
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub conf: PathBuf,
+    log: PathBuf,
+    child: Child,
+}
+
+impl Proxy {
+    /// Starts portico with `body` (upstreams, routes, ...) below a generated `server:` and one
+    /// plain listener on a free loopback port. Panics with the process log if it never listens.
+    pub async fn start(body: &str) -> Proxy {
+        for _ in 0..3 {
+            let dir = tempfile::tempdir().unwrap();
+            let addr = proxy_addr();
+            let conf = dir.path().join("portico.yaml");
+            std::fs::write(&conf, config_text(dir.path(), addr, body)).unwrap();
+            match Self::spawn(dir, conf, addr).await {
+                Ok(p) => return p,
+                Err(log) if log.contains("Address already in use") => continue,
+                Err(log) => panic!("portico did not start:\n{log}"),
+            }
+        }
+        panic!("no free port after 3 tries");
+    }
+
+    async fn spawn(
+        dir: tempfile::TempDir,
+        conf: PathBuf,
+        addr: SocketAddr,
+    ) -> Result<Proxy, String> {
+        let log = dir.path().join("portico.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(BIN)
+            .arg("-c")
+            .arg(&conf)
+            .env("RUST_LOG", "info")
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("spawn portico");
+        let mut proxy = Proxy {
+            addr,
+            dir,
+            conf,
+            log,
+            child,
+        };
+        let deadline = Instant::now() + IO_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Some(status) = proxy.child.try_wait().unwrap() {
+                return Err(format!("exited with {status}\n{}", proxy.logs()));
+            }
+            if TcpStream::connect(addr).await.is_ok() {
+                return Ok(proxy);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err(format!(
+            "not listening on {addr} after {IO_TIMEOUT:?}\n{}",
+            proxy.logs()
+        ))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends `sig` (e.g. "HUP") to this process only.
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+        assert!(ok.success(), "kill -{sig} {}", self.pid());
+    }
+
+    /// Rewrites the config file with a new body (same server and listener sections).
+    pub fn rewrite(&self, body: &str) {
+        std::fs::write(&self.conf, config_text(self.dir.path(), self.addr, body)).unwrap();
+    }
+
+    /// Polls until the log contains `needle`, up to `IO_TIMEOUT`.
+    pub async fn wait_for_log(&self, needle: &str) {
+        let deadline = Instant::now() + IO_TIMEOUT;
+        while Instant::now() < deadline {
+            if self.logs().contains(needle) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("log never said {needle:?}:\n{}", self.logs());
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn config_text(dir: &Path, addr: SocketAddr, body: &str) -> String {
+    format!(
+        "server:\n  threads: 1\n  pid_file: {d}/portico.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period: 1s\n  graceful_shutdown_timeout: 1s\nlisteners:\n  - address: {addr}\n{body}",
+        d = dir.display()
+    )
+}
+
+/// A port for a proxy listener, from 20000-32767: below Linux's ephemeral range (32768+), where
+/// every origin and client socket of the tests lives, so an origin bound to port 0 can never
+/// take a proxy's port between our check and the proxy's bind. A counter keeps the tests of
+/// this process apart; the bind check skips ports in use by anything else.
+pub fn proxy_addr() -> SocketAddr {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = std::process::id() * 7919;
+    loop {
+        let port = 20000 + (base + NEXT.fetch_add(1, Ordering::Relaxed)) % 12767;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port as u16));
+        if std::net::TcpListener::bind(addr).is_ok() {
+            return addr;
+        }
+    }
+}
+
+/// A loopback address nothing listens on right now (a dead peer).
+pub fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// Runs `portico ARGS` to completion: (exit code, stdout, stderr).
+pub fn run_cli(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run portico");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// An HTTP response as received.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn headers_named(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+
+    /// The name of the origin that answered (from its JSON body).
+    pub fn origin(&self) -> String {
+        self.json()["origin"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
+    /// The values of header `name` as the origin received it, in order.
+    pub fn upstream_header(&self, name: &str) -> Vec<String> {
+        self.json()["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|h| h[0].as_str().unwrap().eq_ignore_ascii_case(name))
+            .map(|h| h[1].as_str().unwrap().to_owned())
+            .collect()
+    }
+}
+
+/// `GET path` with `Host: test.local` (unless given) and `Connection: close`.
+pub async fn get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Resp {
+    send(addr, None, &request_text("GET", path, headers)).await
+}
+
+/// The same from a chosen loopback source address (127.0.0.2, ...), as a different client.
+pub async fn get_from(src: IpAddr, addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Resp {
+    send(addr, Some(src), &request_text("GET", path, headers)).await
+}
+
+pub fn request_text(method: &str, path: &str, headers: &[(&str, &str)]) -> String {
+    let mut text = format!("{method} {path} HTTP/1.1\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        text.push_str("Host: test.local\r\n");
+    }
+    for (k, v) in headers {
+        text.push_str(&format!("{k}: {v}\r\n"));
+    }
+    text.push_str("Connection: close\r\n\r\n");
+    text
+}
+
+/// Writes raw bytes, reads until the server closes, parses one response.
+pub async fn send(addr: SocketAddr, src: Option<IpAddr>, raw: &str) -> Resp {
+    let bytes = send_raw(addr, src, raw.as_bytes()).await;
+    parse_response(&bytes)
+        .unwrap_or_else(|| panic!("no HTTP response in {:?}", String::from_utf8_lossy(&bytes)))
+}
+
+pub async fn connect(addr: SocketAddr, src: Option<IpAddr>) -> TcpStream {
+    let fut = async {
+        match src {
+            None => TcpStream::connect(addr).await,
+            Some(ip) => {
+                let sock = TcpSocket::new_v4()?;
+                sock.bind(SocketAddr::new(ip, 0))?;
+                sock.connect(addr).await
+            }
+        }
+    };
+    tokio::time::timeout(IO_TIMEOUT, fut)
+        .await
+        .expect("connect timed out")
+        .expect("connect")
+}
+
+pub async fn send_raw(addr: SocketAddr, src: Option<IpAddr>, raw: &[u8]) -> Vec<u8> {
+    let mut stream = connect(addr, src).await;
+    stream.write_all(raw).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(IO_TIMEOUT, stream.read_to_end(&mut out))
+        .await
+        .expect("response timed out")
+        .ok();
+    out
+}
+
+pub fn parse_response(bytes: &[u8]) -> Option<Resp> {
+    let mut hdrs = [httparse::EMPTY_HEADER; 64];
+    let mut resp = httparse::Response::new(&mut hdrs);
+    let httparse::Status::Complete(len) = resp.parse(bytes).ok()? else {
+        return None;
+    };
+    let headers: Vec<(String, String)> = resp
+        .headers
+        .iter()
+        .map(|h| {
+            (
+                h.name.to_owned(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
+        .collect();
+    let rest = &bytes[len..];
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
+    let body = if chunked {
+        dechunk(rest)
+    } else {
+        rest.to_vec()
+    };
+    Some(Resp {
+        status: resp.code?,
+        headers,
+        body,
+    })
+}
+
+fn dechunk(mut rest: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    while let Some(i) = rest.windows(2).position(|w| w == b"\r\n") {
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&rest[..i]).unwrap().trim(), 16).unwrap();
+        if size == 0 {
+            break;
+        }
+        body.extend_from_slice(&rest[i + 2..i + 2 + size]);
+        rest = &rest[i + 2 + size + 2..];
+    }
+    body
+}
+
+pub type Ws = tokio_tungstenite::WebSocketStream<TcpStream>;
+
+/// Opens a WebSocket through `addr` to `path` with extra request headers.
+pub async fn ws_connect(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<
+    (
+        Ws,
+        tokio_tungstenite::tungstenite::handshake::client::Response,
+    ),
+    tokio_tungstenite::tungstenite::Error,
+> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://test.local{path}")
+        .into_client_request()
+        .unwrap();
+    for (k, v) in headers {
+        req.headers_mut().append(
+            http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            http::HeaderValue::from_str(v).unwrap(),
+        );
+    }
+    let stream = connect(addr, None).await;
+    tokio::time::timeout(IO_TIMEOUT, tokio_tungstenite::client_async(req, stream))
+        .await
+        .expect("ws handshake timed out")
+}
+
+/// Repeats `probe` until it returns true, up to `IO_TIMEOUT` (a readiness poll, not a sleep).
+pub async fn eventually<F, Fut>(what: &str, mut probe: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while Instant::now() < deadline {
+        if probe().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
