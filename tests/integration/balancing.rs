@@ -234,7 +234,19 @@ async fn all_peers_unhealthy_is_503_at_once() {
     assert!(started.elapsed() < Duration::from_secs(1));
 }
 
-/// least_conn counts open upgraded connections: held WebSockets spread evenly.
+async fn whoami(ws: &mut Ws) -> String {
+    ws.send(Message::text("whoami")).await.unwrap();
+    ws.next()
+        .await
+        .unwrap()
+        .unwrap()
+        .into_text()
+        .unwrap()
+        .to_string()
+}
+
+/// least_conn counts open upgraded connections: once x's two close, the next two new
+/// connections both go to x (round robin would split them).
 #[tokio::test]
 async fn least_conn_sends_new_connections_to_the_least_busy_peer() {
     let x = WsOrigin::start("x").await;
@@ -244,21 +256,45 @@ async fn least_conn_sends_new_connections_to_the_least_busy_peer() {
         x.addr, y.addr
     );
     let proxy = Proxy::start(&one_route(&up)).await;
-    let mut held = Vec::new();
-    let mut counts: HashMap<String, usize> = HashMap::new();
-    for _ in 0..6 {
+    let mut held: HashMap<String, Vec<Ws>> = HashMap::new();
+    for _ in 0..4 {
         let (mut ws, _) = ws_connect(proxy.addr, "/", &[]).await.unwrap();
-        ws.send(Message::text("whoami")).await.unwrap();
-        let name = ws
-            .next()
-            .await
-            .unwrap()
-            .unwrap()
-            .into_text()
-            .unwrap()
-            .to_string();
-        *counts.entry(name).or_default() += 1;
-        held.push(ws);
+        held.entry(whoami(&mut ws).await).or_default().push(ws);
     }
-    assert_eq!((counts["x"], counts["y"]), (3, 3), "{counts:?}");
+    assert_eq!((held["x"].len(), held["y"].len()), (2, 2));
+    for mut ws in held.remove("x").unwrap() {
+        ws.close(None).await.unwrap();
+        while let Some(Ok(_)) = ws.next().await {}
+    }
+    let closed_on_x = format!("peer={} upgrade", x.addr);
+    eventually("x's tunnels are closed", || async {
+        proxy.logs().matches(&closed_on_x).count() == 2
+    })
+    .await;
+    for _ in 0..2 {
+        let (mut ws, _) = ws_connect(proxy.addr, "/", &[]).await.unwrap();
+        assert_eq!(whoami(&mut ws).await, "x");
+        held.entry("x".into()).or_default().push(ws);
+    }
+}
+
+#[tokio::test]
+async fn tcp_health_check_notices_a_closed_port() {
+    let a = HttpOrigin::start("a").await;
+    let b = HttpOrigin::start("b").await;
+    let up = format!(
+        "    peers: ['{}', '{}']\n    retries: 0\n    health_check: {{type: tcp, interval: 100ms, timeout: 500ms, unhealthy_threshold: 1}}\n",
+        a.addr, b.addr
+    );
+    let proxy = Proxy::start(&one_route(&up)).await;
+    drop(b); // its listener closes: connects are refused from now on
+    proxy.wait_for_log("becomes unhealthy").await;
+    for _ in 0..20 {
+        let r = get(proxy.addr, "/", &[]).await;
+        assert_eq!(
+            (r.status, r.origin()),
+            (200, "a".to_owned()),
+            "with retries: 0 only health keeps b out"
+        );
+    }
 }

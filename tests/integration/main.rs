@@ -7,5 +7,7 @@ mod origins;
 mod balancing;
 mod config_check;
 mod headers;
+mod policy;
+mod reload;
 mod routing;
 mod websocket;

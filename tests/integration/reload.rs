@@ -1,0 +1,62 @@
+//! SIGHUP: the new file is swapped in atomically; a bad one keeps the old config serving.
+
+use crate::harness::*;
+use crate::origins::HttpOrigin;
+
+fn routed_to(upstream: &str, a: &HttpOrigin, b: &HttpOrigin) -> String {
+    format!(
+        "upstreams:\n  one: {{peers: ['{}']}}\n  two: {{peers: ['{}']}}\nroutes:\n  - {{path_prefix: /, upstream: {upstream}}}\n",
+        a.addr, b.addr
+    )
+}
+
+#[tokio::test]
+async fn sighup_swaps_the_config_and_a_bad_file_keeps_the_old_one() {
+    let a = HttpOrigin::start("a").await;
+    let b = HttpOrigin::start("b").await;
+    let mut proxy = Proxy::start(&routed_to("one", &a, &b)).await;
+    assert_eq!(get(proxy.addr, "/", &[]).await.origin(), "a");
+
+    proxy.rewrite(&routed_to("two", &a, &b));
+    proxy.signal("HUP");
+    eventually("the route moves to b", || async {
+        get(proxy.addr, "/", &[]).await.origin() == "b"
+    })
+    .await;
+
+    proxy.rewrite("upstreams: {}\nroutes:\n  - {upstream: nowhere}\n");
+    proxy.signal("HUP");
+    proxy
+        .wait_for_log("routes[0].upstream: unknown upstream \"nowhere\"")
+        .await;
+    assert!(proxy.is_running());
+    for _ in 0..10 {
+        assert_eq!(
+            get(proxy.addr, "/", &[]).await.origin(),
+            "b",
+            "the old config still serves"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_listener_change_on_reload_is_refused() {
+    let a = HttpOrigin::start("a").await;
+    let b = HttpOrigin::start("b").await;
+    let mut proxy = Proxy::start(&routed_to("one", &a, &b)).await;
+    let conf = std::fs::read_to_string(&proxy.conf).unwrap();
+    let moved = conf
+        .replace(&proxy.addr.to_string(), &proxy_addr().to_string())
+        .replace("upstream: one", "upstream: two");
+    std::fs::write(&proxy.conf, moved).unwrap();
+    proxy.signal("HUP");
+    proxy
+        .wait_for_log("listeners: cannot change on reload")
+        .await;
+    assert!(proxy.is_running());
+    assert_eq!(
+        get(proxy.addr, "/", &[]).await.origin(),
+        "a",
+        "nothing of the refused file applied"
+    );
+}
