@@ -22,7 +22,7 @@ run: build
 
 ## test: every test (unit and integration: the real binary against real servers on loopback)
 test: deps
-	cargo test --all-targets
+	cargo test --tests
 
 fmt:
 	cargo fmt

@@ -35,6 +35,27 @@ async fn weighted_round_robin_follows_weights() {
     );
 }
 
+#[tokio::test]
+async fn random_spreads_by_weight() {
+    let a = HttpOrigin::start("a").await;
+    let b = HttpOrigin::start("b").await;
+    let up = format!(
+        "    balance: random\n    peers: ['{}', {{address: '{}', weight: 4}}]\n",
+        a.addr, b.addr
+    );
+    let proxy = Proxy::start(&one_route(&up)).await;
+    let mut b_count = 0;
+    for _ in 0..300 {
+        b_count += usize::from(get(proxy.addr, "/", &[]).await.origin() == "b");
+    }
+    // Expected 240 of 300; 180..=285 is more than 6 standard deviations wide.
+    assert!(
+        (180..=285).contains(&b_count),
+        "b got {b_count} of 300, want about 240"
+    );
+    assert!(a.hits() > 0);
+}
+
 fn client(i: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, i))
 }

@@ -115,7 +115,9 @@ async fn close_codes_and_reasons_cross_both_ways() {
     .await
     .unwrap();
     match next(&mut ws).await {
-        Message::Close(Some(f)) => assert_eq!(f.code, CloseCode::from(4000)),
+        Message::Close(Some(f)) => {
+            assert_eq!((f.code, f.reason.as_str()), (CloseCode::from(4000), "bye"))
+        }
         m => panic!("expected close, got {m:?}"),
     }
 }
