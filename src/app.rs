@@ -2,6 +2,7 @@
 //! the health-check and reload services.
 
 use crate::cli::Cli;
+use crate::handoff::{self, PidFile};
 use crate::proxy::Portico;
 use crate::reload::ReloadService;
 use crate::snapshot::Snapshot;
@@ -9,7 +10,7 @@ use crate::upstream::health::HealthService;
 use arc_swap::ArcSwap;
 use pingora::proxy::http_proxy_service;
 use pingora::server::configuration::ServerConf;
-use pingora::server::Server;
+use pingora::server::{RunArgs, Server};
 use pingora::services::background::background_service;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,8 +21,23 @@ const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Runs portico until it is told to stop; never returns.
 pub fn run(cli: &Cli, snapshot: Snapshot) -> ! {
     let conf = server_conf(&snapshot, cli);
+    if cli.upgrade {
+        handoff::signal_old_when_ready(&conf.pid_file, &conf.upgrade_sock);
+    }
+    let pid_file = conf.pid_file.clone();
     let mut server = Server::new_with_opt_and_conf(cli.pingora_opt(), conf);
+    // With -u this waits for the old process's listening sockets.
     server.bootstrap();
+    let pid_file = if cli.daemon {
+        None
+    } else {
+        PidFile::write(&pid_file)
+    };
+    log::info!(
+        "configuration {} (sha256 {})",
+        cli.conf.display(),
+        snapshot.sha256
+    );
 
     let listeners: Vec<_> = snapshot
         .listeners
@@ -68,7 +84,9 @@ pub fn run(cli: &Cli, snapshot: Snapshot) -> ! {
             snapshot: shared,
         },
     ));
-    server.run_forever()
+    server.run(RunArgs::default());
+    drop(pid_file);
+    std::process::exit(0)
 }
 
 fn server_conf(snapshot: &Snapshot, cli: &Cli) -> ServerConf {

@@ -5,7 +5,8 @@
 //! - [`config`]: the YAML file format ([`config::schema`]) and value checks with YAML paths.
 //! - [`snapshot`]: the file compiled into immutable runtime state, published through one
 //!   `ArcSwap`; [`reload`] builds a new one on SIGHUP and swaps it in.
-//! - [`app`]: the Pingora server: listeners, the proxy service, background services.
+//! - [`app`]: the Pingora server: listeners, the proxy service, background services;
+//!   [`handoff`]: `-u` finds the old process and signals it once ready for its sockets.
 //! - [`proxy`]: the `ProxyHttp` hooks. A request loads the snapshot once (`new_ctx`), then:
 //!   1. `request_filter`: client IP through trusted proxies ([`headers`]), route by host and
 //!      path ([`routing`]), answer 404 / 301 / 403 / 401 itself ([`auth`], [`websocket`]);
@@ -20,6 +21,7 @@ pub mod app;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod handoff;
 pub mod headers;
 pub mod proxy;
 pub mod reload;

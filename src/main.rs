@@ -18,7 +18,7 @@ fn main() {
         eprintln!("portico: cannot install the SIGHUP handler: {e}");
     }
 
-    let snapshot = config::load(&cli.conf).and_then(|cfg| Snapshot::build(&cfg, None));
+    let snapshot = config::load(&cli.conf).and_then(|loaded| Snapshot::build(&loaded, None));
     match snapshot {
         Err(errs) => {
             let n = errs.0.len();

@@ -8,6 +8,7 @@ use log::{error, info};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -15,6 +16,18 @@ pub struct ReloadService {
     pub path: PathBuf,
     pub snapshot: SharedSnapshot,
 }
+
+/// Reloads since start, by outcome.
+#[derive(Debug, Default)]
+pub struct ReloadCounts {
+    pub applied: AtomicU64,
+    pub refused: AtomicU64,
+}
+
+pub static RELOADS: ReloadCounts = ReloadCounts {
+    applied: AtomicU64::new(0),
+    refused: AtomicU64::new(0),
+};
 
 #[async_trait]
 impl BackgroundService for ReloadService {
@@ -41,18 +54,31 @@ impl ReloadService {
         let live = self.snapshot.load_full();
         // Building resolves peer host names and reads files: keep it off the async workers.
         let built = tokio::task::spawn_blocking(move || {
-            let cfg = config::load(&path)?;
-            let next = Snapshot::build(&cfg, Some(&live))?;
+            let loaded = config::load(&path)?;
+            let next = Snapshot::build(&loaded, Some(&live))?;
             next.check_reloadable(&live)?;
-            Ok::<_, config::ConfigErrors>(next)
+            Ok::<_, config::ConfigErrors>((next, live))
         })
         .await;
         match built {
-            Ok(Ok(next)) => {
+            Ok(Ok((next, live))) => {
+                // A new or changed group is probed once before it serves, so a peer that is
+                // down does not get the first requests after the swap.
+                let probes = next
+                    .new_groups(&live)
+                    .filter(|g| g.health.is_some())
+                    .map(|g| g.run_health_check());
+                futures_util::future::join_all(probes).await;
+                let sha256 = next.sha256.clone();
                 self.snapshot.store(Arc::new(next));
-                info!("configuration reloaded from {}", self.path.display());
+                RELOADS.applied.fetch_add(1, Ordering::Relaxed);
+                info!(
+                    "configuration reloaded from {} (sha256 {sha256})",
+                    self.path.display()
+                );
             }
             Ok(Err(errs)) => {
+                RELOADS.refused.fetch_add(1, Ordering::Relaxed);
                 error!(
                     "reload of {} refused, the old configuration keeps serving:",
                     self.path.display()
@@ -61,7 +87,10 @@ impl ReloadService {
                     error!("  {e}");
                 }
             }
-            Err(e) => error!("reload of {} failed: {e}", self.path.display()),
+            Err(e) => {
+                RELOADS.refused.fetch_add(1, Ordering::Relaxed);
+                error!("reload of {} failed: {e}", self.path.display());
+            }
         }
     }
 }

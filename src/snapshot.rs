@@ -2,8 +2,8 @@
 //! trusted proxies, listeners. Request code reads only this, through one `ArcSwap`.
 
 use crate::auth::BearerTokens;
-use crate::config::schema::{FileConfig, ServerSection};
-use crate::config::{validate, ConfigErrors};
+use crate::config::schema::ServerSection;
+use crate::config::{validate, ConfigErrors, Loaded};
 use crate::headers::{HeaderRules, TrustedProxies};
 use crate::routing::Router;
 use crate::upstream::UpstreamGroup;
@@ -27,6 +27,9 @@ pub struct Snapshot {
     pub listeners: Vec<Listener>,
     pub admin: Option<SocketAddr>,
     pub server: ServerSection,
+    /// SHA-256 of the file this snapshot was built from.
+    pub sha256: String,
+    pub loaded_at: std::time::SystemTime,
 }
 
 #[derive(Debug, PartialEq)]
@@ -55,10 +58,11 @@ pub struct WebSocketPolicy {
 }
 
 impl Snapshot {
-    /// Compiles `cfg`, collecting every error with its YAML path. `previous` is the live
+    /// Compiles the file, collecting every error with its YAML path. `previous` is the live
     /// snapshot on a reload: an upstream group whose section is unchanged is shared with it,
     /// keeping its health state, schedule and in-flight counts.
-    pub fn build(cfg: &FileConfig, previous: Option<&Snapshot>) -> Result<Snapshot, ConfigErrors> {
+    pub fn build(loaded: &Loaded, previous: Option<&Snapshot>) -> Result<Snapshot, ConfigErrors> {
+        let cfg = &loaded.config;
         let mut errs = ConfigErrors::default();
 
         let mut listeners = Vec::new();
@@ -249,6 +253,8 @@ impl Snapshot {
             listeners,
             admin,
             server: cfg.server.clone(),
+            sha256: loaded.sha256.clone(),
+            loaded_at: std::time::SystemTime::now(),
         })
     }
 }
@@ -277,5 +283,23 @@ impl Snapshot {
             );
         }
         errs.into_result(())
+    }
+}
+
+impl Snapshot {
+    /// Upstream groups built for this snapshot rather than shared with `live`: the ones a
+    /// reload must health-check before they serve.
+    pub fn new_groups<'a>(
+        &'a self,
+        live: &'a Snapshot,
+    ) -> impl Iterator<Item = &'a Arc<UpstreamGroup>> + 'a {
+        self.upstreams
+            .iter()
+            .filter(move |(name, g)| {
+                live.upstreams
+                    .get(*name)
+                    .is_none_or(|old| !Arc::ptr_eq(old, g))
+            })
+            .map(|(_, g)| g)
     }
 }

@@ -9,13 +9,25 @@ pub use schema::FileConfig;
 
 use std::path::Path;
 
+/// A parsed file and the SHA-256 of its bytes (compare with `sha256sum portico.yaml`).
+pub struct Loaded {
+    pub config: FileConfig,
+    pub sha256: String,
+}
+
 /// Reads and parses `path` into the file format. Parse errors (bad YAML, unknown keys, wrong
 /// types) stop at the first one, as serde does; semantic errors are collected later by
 /// [`crate::snapshot::Snapshot::build`], all of them at once.
-pub fn load(path: &Path) -> Result<FileConfig, ConfigErrors> {
+pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
+    use sha2::Digest;
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigErrors::one("", format!("cannot read {}: {e}", path.display())))?;
-    parse(&text)
+    let digest = sha2::Sha256::digest(text.as_bytes());
+    let sha256 = digest.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(Loaded {
+        config: parse(&text)?,
+        sha256,
+    })
 }
 
 /// Parses YAML text into the file format. An empty document is an empty config.

@@ -116,6 +116,52 @@ impl Proxy {
     pub fn is_running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()
     }
+
+    /// Waits for the process to exit, up to `limit`; `None` if it is still running then.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+
+    /// Binary upgrade: starts `portico -u` on the same config, which takes the listening
+    /// sockets over and signals this process; returns the old process once it has exited.
+    pub async fn upgrade(&mut self) -> std::process::ExitStatus {
+        let log = self.dir.path().join("portico-upgraded.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(BIN)
+            .arg("-u")
+            .arg("-c")
+            .arg(&self.conf)
+            .env("RUST_LOG", "info")
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("spawn portico -u");
+        let mut old = std::mem::replace(&mut self.child, child);
+        self.log = log;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(status) = old.try_wait().unwrap() {
+                return status;
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let _ = old.kill();
+                panic!("the new process exited with {status}:\n{}", self.logs());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = old.kill();
+        panic!(
+            "the old process did not exit within 30s of the upgrade:\n{}",
+            self.logs()
+        );
+    }
 }
 
 impl Drop for Proxy {
@@ -277,6 +323,102 @@ pub async fn send_raw(addr: SocketAddr, src: Option<IpAddr>, raw: &[u8]) -> Vec<
         .expect("response timed out")
         .ok();
     out
+}
+
+/// One `GET` that reports failure instead of panicking (for load loops).
+pub async fn try_get(addr: SocketAddr, path: &str) -> Result<Resp, String> {
+    let fut = async {
+        let mut stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        stream
+            .write_all(request_text("GET", path, &[]).as_bytes())
+            .await
+            .map_err(|e| format!("write: {e}"))?;
+        let mut out = Vec::new();
+        stream
+            .read_to_end(&mut out)
+            .await
+            .map_err(|e| format!("read: {e}"))?;
+        parse_response(&out).ok_or_else(|| format!("no response in {} bytes", out.len()))
+    };
+    tokio::time::timeout(IO_TIMEOUT, fut)
+        .await
+        .map_err(|_| "timed out".to_owned())?
+}
+
+/// One request of a load run: when it was sent, when it ended, which origin answered (or why
+/// it failed, or the status if not 200).
+#[derive(Debug, Clone)]
+pub struct Sample {
+    pub start: Instant,
+    pub end: Instant,
+    pub outcome: Result<String, String>,
+}
+
+/// Continuous load: `workers` tasks, each sending one request per connection in a loop until
+/// stopped, bounded by `MAX_PER_WORKER` requests.
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<Sample>>>,
+}
+
+const MAX_PER_WORKER: usize = 50_000;
+
+impl Load {
+    pub fn start(addr: SocketAddr, workers: usize, path: &'static str) -> Load {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let tasks = (0..workers)
+            .map(|_| {
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    let mut samples = Vec::new();
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed)
+                        && samples.len() < MAX_PER_WORKER
+                    {
+                        let start = Instant::now();
+                        let outcome = match try_get(addr, path).await {
+                            Ok(r) if r.status == 200 => Ok(r.origin()),
+                            Ok(r) => Err(format!("status {}: {}", r.status, r.text())),
+                            Err(e) => Err(e),
+                        };
+                        samples.push(Sample {
+                            start,
+                            end: Instant::now(),
+                            outcome,
+                        });
+                    }
+                    samples
+                })
+            })
+            .collect();
+        Load { stop, tasks }
+    }
+
+    pub async fn stop(self) -> Vec<Sample> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut all = Vec::new();
+        for t in self.tasks {
+            all.extend(t.await.unwrap());
+        }
+        all.sort_by_key(|s| s.start);
+        all
+    }
+}
+
+/// Panics listing the failures, if any.
+pub fn assert_no_failures(samples: &[Sample]) {
+    let failed: Vec<_> = samples
+        .iter()
+        .filter_map(|s| s.outcome.as_ref().err())
+        .collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        samples.len(),
+        &failed[..failed.len().min(10)]
+    );
 }
 
 pub fn parse_response(bytes: &[u8]) -> Option<Resp> {

@@ -7,6 +7,7 @@ mod origins;
 mod balancing;
 mod config_check;
 mod headers;
+mod lifecycle;
 mod policy;
 mod reload;
 mod routing;

@@ -20,7 +20,8 @@ use tokio_tungstenite::tungstenite::Message;
 const MAX_HEAD: usize = 64 * 1024;
 
 /// An HTTP/1.1 origin. `GET /healthz` answers the status set by [`HttpOrigin::set_health`];
-/// `/set-cookie` adds two Set-Cookie headers; `/status/NNN` answers NNN; anything else 200.
+/// `/set-cookie` adds two Set-Cookie headers; `/status/NNN` answers NNN; `/slow/MS` answers
+/// after MS milliseconds; anything else 200.
 /// Every answer's body is JSON: origin name, method, path, headers (in order, repeats kept),
 /// body length.
 pub struct HttpOrigin {
@@ -154,6 +155,8 @@ async fn serve_http(
                 extra.push_str("Set-Cookie: a=1; Path=/\r\nSet-Cookie: b=2; HttpOnly\r\n");
             } else if let Some(code) = path.strip_prefix("/status/") {
                 status = code.parse().unwrap_or(500);
+            } else if let Some(ms) = path.strip_prefix("/slow/") {
+                tokio::time::sleep(std::time::Duration::from_millis(ms.parse().unwrap_or(0))).await;
             }
         }
         let body = serde_json::json!({

@@ -60,3 +60,31 @@ async fn a_listener_change_on_reload_is_refused() {
         "nothing of the refused file applied"
     );
 }
+
+/// A group a reload adds is probed before the swap: its down peer never gets a request, even
+/// with `retries: 0` and an hour between regular checks.
+#[tokio::test]
+async fn a_new_group_is_health_checked_before_it_serves() {
+    let a = HttpOrigin::start("a").await;
+    let good = HttpOrigin::start("good").await;
+    let bad = HttpOrigin::start("bad").await;
+    bad.set_health(503);
+    let proxy = Proxy::start(&format!(
+        "upstreams:\n  one: {{peers: ['{}']}}\nroutes:\n  - {{path_prefix: /, upstream: one}}\n",
+        a.addr
+    ))
+    .await;
+    proxy.rewrite(&format!(
+        "upstreams:\n  one: {{peers: ['{}']}}\n  fresh:\n    peers: ['{}', '{}']\n    retries: 0\n    health_check: {{path: /healthz, interval: 1h, unhealthy_threshold: 1}}\nroutes:\n  - {{path_prefix: /, upstream: fresh}}\n",
+        a.addr, bad.addr, good.addr
+    ));
+    proxy.signal("HUP");
+    eventually("the new group serves", || async {
+        get(proxy.addr, "/", &[]).await.origin() != "a"
+    })
+    .await;
+    for _ in 0..10 {
+        assert_eq!(get(proxy.addr, "/", &[]).await.origin(), "good");
+    }
+    assert_eq!(bad.hits(), 0, "the down peer of the new group got requests");
+}

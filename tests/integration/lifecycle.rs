@@ -1,0 +1,193 @@
+//! Zero downtime: SIGHUP reloads and binary upgrades under continuous load, SIGTERM drains,
+//! SIGINT exits fast.
+
+use crate::harness::*;
+use crate::origins::{HttpOrigin, WsOrigin};
+use futures_util::{SinkExt, StreamExt};
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::Message;
+
+fn two_groups(
+    http: &str,
+    ws: &str,
+    a: &HttpOrigin,
+    b: &HttpOrigin,
+    wa: &WsOrigin,
+    wb: &WsOrigin,
+) -> String {
+    format!(
+        "upstreams:\n  one: {{peers: ['{}']}}\n  two: {{peers: ['{}']}}\n  ws-one: {{peers: ['{}']}}\n  ws-two: {{peers: ['{}']}}\nroutes:\n  - {{path_prefix: /ws/, upstream: {ws}}}\n  - {{path_prefix: /, upstream: {http}}}\n",
+        a.addr, b.addr, wa.addr, wb.addr
+    )
+}
+
+/// Ten reloads that move the HTTP and WebSocket routes between groups, under continuous load:
+/// no request fails, every request sent after a reload took effect is answered by the group
+/// that config names, and 100 WebSockets opened before the reloads still echo after them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reloads_under_load_lose_nothing() {
+    let (a, b) = (
+        HttpOrigin::start("one").await,
+        HttpOrigin::start("two").await,
+    );
+    let (wa, wb) = (
+        WsOrigin::start("ws-one").await,
+        WsOrigin::start("ws-two").await,
+    );
+    let mut proxy = Proxy::start(&two_groups("one", "ws-one", &a, &b, &wa, &wb)).await;
+    let mut sockets = Vec::new();
+    for _ in 0..100 {
+        sockets.push(ws_connect(proxy.addr, "/ws/", &[]).await.unwrap().0);
+    }
+    let load = Load::start(proxy.addr, 4, "/");
+    // (group in force, from when the test saw it, until the next HUP was sent)
+    let mut phases: Vec<(&str, Instant, Instant)> = Vec::new();
+    for i in 0..10 {
+        let (http, ws) = if i % 2 == 0 {
+            ("two", "ws-two")
+        } else {
+            ("one", "ws-one")
+        };
+        proxy.rewrite(&two_groups(http, ws, &a, &b, &wa, &wb));
+        let hup = Instant::now();
+        if let Some(last) = phases.last_mut() {
+            last.2 = hup;
+        }
+        proxy.signal("HUP");
+        eventually("the reload takes effect", || async {
+            get(proxy.addr, "/", &[]).await.origin() == http
+        })
+        .await;
+        phases.push((
+            http,
+            Instant::now(),
+            Instant::now() + Duration::from_secs(3600),
+        ));
+        tokio::time::sleep(Duration::from_millis(150)).await; // let the load run on this config
+    }
+    let samples = load.stop().await;
+    assert_no_failures(&samples);
+    let mut checked = 0;
+    for (group, from, until) in &phases {
+        for s in samples.iter().filter(|s| s.start > *from && s.end < *until) {
+            assert_eq!(
+                s.outcome.as_deref(),
+                Ok(*group),
+                "a request sent after the reload was answered by the old group"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 100, "only {checked} requests fell inside a phase");
+    assert_eq!(proxy.logs().matches("configuration reloaded").count(), 10);
+    for (i, ws) in sockets.iter_mut().enumerate() {
+        let text = format!("still {i}");
+        ws.send(Message::text(text.clone())).await.unwrap();
+        let echo = tokio::time::timeout(IO_TIMEOUT, ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(echo, Message::text(text));
+    }
+    assert!(proxy.is_running());
+    eprintln!(
+        "reloads under load: {} requests, 0 failed, {checked} checked against their phase",
+        samples.len()
+    );
+}
+
+/// `portico -u` takes the sockets over under continuous load: no request fails, no connection
+/// is refused, the old process exits after draining, the new one serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_upgrade_under_load_loses_nothing() {
+    let origin = HttpOrigin::start("a").await;
+    let mut proxy = Proxy::start(&format!(
+        "upstreams:\n  app: {{peers: ['{}']}}\nroutes:\n  - {{upstream: app}}\n",
+        origin.addr
+    ))
+    .await;
+    let old_pid = proxy.pid();
+    let load = Load::start(proxy.addr, 4, "/");
+    tokio::time::sleep(Duration::from_millis(300)).await; // load on the old process alone
+    let status = proxy.upgrade().await;
+    assert!(status.success(), "the old process exited with {status}");
+    tokio::time::sleep(Duration::from_millis(300)).await; // load on the new process alone
+    let samples = load.stop().await;
+    assert_no_failures(&samples);
+    assert!(samples.len() > 100, "only {} requests", samples.len());
+    assert_ne!(proxy.pid(), old_pid);
+    assert!(
+        proxy
+            .logs()
+            .contains(&format!("sent SIGQUIT to the old process {old_pid}")),
+        "{}",
+        proxy.logs()
+    );
+    let pid_file = std::fs::read_to_string(proxy.dir.path().join("portico.pid")).unwrap();
+    assert_eq!(
+        pid_file.trim(),
+        proxy.pid().to_string(),
+        "the pid file names the new process"
+    );
+    assert_eq!(get(proxy.addr, "/", &[]).await.status, 200);
+    eprintln!(
+        "binary upgrade under load: {} requests, 0 failed",
+        samples.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_requests_in_flight_complete() {
+    let origin = HttpOrigin::start("a").await;
+    let mut proxy = Proxy::start(&format!(
+        "upstreams:\n  app: {{peers: ['{}']}}\nroutes:\n  - {{upstream: app}}\n",
+        origin.addr
+    ))
+    .await;
+    let addr = proxy.addr;
+    let slow: Vec<_> = (0..5)
+        .map(|_| tokio::spawn(async move { try_get(addr, "/slow/700").await }))
+        .collect();
+    eventually("the slow requests reach the origin", || async {
+        origin.hits() == 5
+    })
+    .await;
+    proxy.signal("TERM");
+    for r in slow {
+        let r = r
+            .await
+            .unwrap()
+            .expect("a request in flight failed on SIGTERM");
+        assert_eq!(r.status, 200);
+    }
+    // grace_period 1s + graceful_shutdown_timeout 1s in the harness config.
+    let status = proxy
+        .wait_exit(Duration::from_secs(5))
+        .await
+        .expect("did not exit after SIGTERM");
+    assert!(status.success(), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_exits_fast() {
+    let origin = HttpOrigin::start("a").await;
+    let mut proxy = Proxy::start(&format!(
+        "upstreams:\n  app: {{peers: ['{}']}}\nroutes:\n  - {{upstream: app}}\n",
+        origin.addr
+    ))
+    .await;
+    let addr = proxy.addr;
+    let _slow = tokio::spawn(async move { try_get(addr, "/slow/5000").await });
+    eventually("the slow request reaches the origin", || async {
+        origin.hits() == 1
+    })
+    .await;
+    let started = Instant::now();
+    proxy.signal("INT");
+    proxy
+        .wait_exit(Duration::from_secs(2))
+        .await
+        .expect("did not exit fast on SIGINT");
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
