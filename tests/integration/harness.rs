@@ -152,11 +152,13 @@ impl Proxy {
             }
             if let Some(status) = self.child.try_wait().unwrap() {
                 let _ = old.kill();
+                let _ = old.wait();
                 panic!("the new process exited with {status}:\n{}", self.logs());
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let _ = old.kill();
+        let _ = old.wait();
         panic!(
             "the old process did not exit within 30s of the upgrade:\n{}",
             self.logs()

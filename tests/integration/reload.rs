@@ -23,6 +23,17 @@ async fn sighup_swaps_the_config_and_a_bad_file_keeps_the_old_one() {
         get(proxy.addr, "/", &[]).await.origin() == "b"
     })
     .await;
+    use sha2::Digest;
+    let sha: String = sha2::Sha256::digest(std::fs::read(&proxy.conf).unwrap())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    proxy
+        .wait_for_log(&format!(
+            "configuration reloaded from {} (sha256 {sha})",
+            proxy.conf.display()
+        ))
+        .await;
 
     proxy.rewrite("upstreams: {}\nroutes:\n  - {upstream: nowhere}\n");
     proxy.signal("HUP");
