@@ -191,3 +191,72 @@ async fn sigint_exits_fast() {
         .expect("did not exit fast on SIGINT");
     assert!(started.elapsed() < Duration::from_secs(2));
 }
+
+/// Kills a process this test started indirectly (the daemonized new portico), by its pid.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .arg(self.0.to_string())
+            .status();
+    }
+}
+
+/// The command shipped in deploy/ does the whole hand-off under load, with no failed request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shipped_upgrade_command_hands_over_under_load() {
+    let origin = HttpOrigin::start("a").await;
+    let mut proxy = Proxy::start(&format!(
+        "upstreams:\n  app: {{peers: ['{}']}}\nroutes:\n  - {{upstream: app}}\n",
+        origin.addr
+    ))
+    .await;
+    let old_pid = proxy.pid();
+    let load = Load::start(proxy.addr, 2, "/");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/portico-upgrade");
+    let mut upgrade = std::process::Command::new(script)
+        .args(["-b", BIN, "-c", proxy.conf.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // Reap the old proxy (our child) as it exits, or the script's `kill -0` sees a zombie.
+    let status = loop {
+        proxy.is_running();
+        if let Some(status) = upgrade.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the upgrade command did not finish in 30s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let out = upgrade.wait_with_output().unwrap();
+    let new_pid: u32 = std::fs::read_to_string(proxy.dir.path().join("portico.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let _new = KillOnDrop(new_pid);
+    assert!(
+        status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("portico upgraded: pid {old_pid} -> {new_pid}")
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await; // load on the new process alone
+    let samples = load.stop().await;
+    assert_no_failures(&samples);
+    assert_eq!(get(proxy.addr, "/", &[]).await.status, 200);
+    eprintln!(
+        "upgrade command under load: {} requests, 0 failed",
+        samples.len()
+    );
+}
