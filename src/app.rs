@@ -1,6 +1,8 @@
 //! Builds the Pingora server from a snapshot: process settings, listeners, the proxy service,
 //! the health-check and reload services.
 
+use crate::accesslog;
+use crate::admin::{self, AdminService};
 use crate::cli::Cli;
 use crate::handoff::{self, PidFile};
 use crate::proxy::Portico;
@@ -12,7 +14,7 @@ use pingora::proxy::http_proxy_service;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
 use pingora::services::background::background_service;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(30);
@@ -44,8 +46,12 @@ pub fn run(cli: &Cli, snapshot: Snapshot) -> ! {
         .iter()
         .map(|l| (l.addr.to_string(), l.tls.clone()))
         .collect();
-    if snapshot.admin.is_some() {
-        log::warn!("admin.address is accepted but the admin listener is not served yet");
+    let admin = snapshot.admin.map(|addr| match admin::bind(addr) {
+        Ok(l) => l,
+        Err(e) => fail(&format!("admin.address {addr}: {e}")),
+    });
+    if let Err(e) = accesslog::init(&snapshot.access_log) {
+        fail(&format!("access_log: {e}"));
     }
     let shared = Arc::new(ArcSwap::from_pointee(snapshot));
 
@@ -64,8 +70,7 @@ pub fn run(cli: &Cli, snapshot: Snapshot) -> ! {
                 }
                 let (cert, key) = &certs[0];
                 if let Err(e) = proxy.add_tls(addr, cert, key) {
-                    eprintln!("portico: listener {addr}: {e}");
-                    std::process::exit(64);
+                    fail(&format!("listener {addr}: {e}"));
                 }
             }
         }
@@ -77,6 +82,13 @@ pub fn run(cli: &Cli, snapshot: Snapshot) -> ! {
             snapshot: Arc::clone(&shared),
         },
     ));
+    if let Some(listener) = admin {
+        let service = AdminService {
+            listener: Mutex::new(Some(listener)),
+            snapshot: Arc::clone(&shared),
+        };
+        server.add_service(background_service("admin", service));
+    }
     server.add_service(background_service(
         "config reload",
         ReloadService {
@@ -87,6 +99,12 @@ pub fn run(cli: &Cli, snapshot: Snapshot) -> ! {
     server.run(RunArgs::default());
     drop(pid_file);
     std::process::exit(0)
+}
+
+/// A start-up failure that is not the file's fault (a busy port, an unwritable log): exit 1.
+fn fail(why: &str) -> ! {
+    eprintln!("portico: {why}");
+    std::process::exit(1)
 }
 
 fn server_conf(snapshot: &Snapshot, cli: &Cli) -> ServerConf {

@@ -16,13 +16,18 @@
 //!   4. `response_filter`: the route's response header rules;
 //!   5. `logging`: one access-log line (for an upgrade, when the tunnel closes).
 //! - [`upstream::health`]: one background service running every group's active checks.
+//! - [`admin`]: `/metrics` ([`metrics`]), `/healthz`, `/status`; [`accesslog`]: the access log
+//!   on a writer thread of its own.
 
+pub mod accesslog;
+pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod handoff;
 pub mod headers;
+pub mod metrics;
 pub mod proxy;
 pub mod reload;
 pub mod routing;

@@ -1,7 +1,10 @@
 //! The `ProxyHttp` implementation: each hook a few lines that delegate to routing, headers,
-//! upstream selection and the WebSocket policy.
+//! upstream selection and the WebSocket policy, and record what happened for the metrics and
+//! the access log.
 
+use crate::accesslog::{self, Entry};
 use crate::headers::{self, Forwarded};
+use crate::metrics::{status_class, METRICS};
 use crate::routing;
 use crate::snapshot::{Route, SharedSnapshot, Snapshot};
 use crate::upstream::InflightGuard;
@@ -9,10 +12,11 @@ use crate::websocket;
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::header;
-use log::info;
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
+use pingora::protocols::Digest;
 use pingora::proxy::{ProxyHttp, Session};
+use prometheus::IntGauge;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
@@ -33,12 +37,38 @@ pub struct RequestCtx {
     tried: Vec<SocketAddr>,
     /// Counts this request (or tunnel) on its peer until the context drops.
     inflight: Option<InflightGuard>,
+    /// Open-WebSocket gauge, decremented when the context (so the tunnel) drops.
+    websocket_open: Option<GaugeGuard>,
+    _in_flight: GaugeGuard,
     started: Instant,
+    connect_started: Option<Instant>,
+    connected: Option<Instant>,
 }
 
 impl RequestCtx {
     fn route(&self) -> Option<&Route> {
         self.route.map(|i| &self.snapshot.routes[i])
+    }
+
+    fn route_name(&self) -> &str {
+        self.route().map_or("-", |r| r.name.as_str())
+    }
+}
+
+/// Increments a gauge now and decrements it on drop, however the request ends (Pingora does
+/// not call `logging()` for tunnels cut at shutdown; drops always happen).
+pub struct GaugeGuard(IntGauge);
+
+impl GaugeGuard {
+    fn new(g: IntGauge) -> Self {
+        g.inc();
+        GaugeGuard(g)
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
@@ -55,7 +85,11 @@ impl ProxyHttp for Portico {
             upgrade: false,
             tried: Vec::new(),
             inflight: None,
+            websocket_open: None,
+            _in_flight: GaugeGuard::new(METRICS.requests_in_flight.clone()),
             started: Instant::now(),
+            connect_started: None,
+            connected: None,
         }
     }
 
@@ -73,12 +107,22 @@ impl ProxyHttp for Portico {
         let host = request_host(req).map(routing::host_without_port);
         ctx.route = ctx.snapshot.router.find(host, req.uri.path());
         let Some(route) = ctx.route() else {
-            return respond(session, 404, "no route for this request\n", None).await;
+            return reject(
+                session,
+                ctx,
+                "no_route",
+                404,
+                "no route for this request\n",
+                None,
+            )
+            .await;
         };
         if route.redirect_https && !ctx.tls {
             let location = https_location(host, req);
-            return respond(
+            return reject(
                 session,
+                ctx,
+                "redirect_https",
                 301,
                 "moved to https\n",
                 Some((header::LOCATION, location)),
@@ -86,8 +130,10 @@ impl ProxyHttp for Portico {
             .await;
         }
         if ctx.upgrade && !route.websocket.enabled {
-            return respond(
+            return reject(
                 session,
+                ctx,
+                "websocket_disabled",
                 403,
                 "websocket upgrades are not allowed here\n",
                 None,
@@ -100,8 +146,10 @@ impl ProxyHttp for Portico {
                     header::WWW_AUTHENTICATE,
                     "Bearer realm=\"portico\"".to_owned(),
                 );
-                return respond(
+                return reject(
                     session,
+                    ctx,
+                    "auth",
                     401,
                     "missing or invalid bearer token\n",
                     Some(challenge),
@@ -126,6 +174,12 @@ impl ProxyHttp for Portico {
         let group = &route.upstream;
         let key = ip_key(ctx.client_ip);
         let Some(peer) = group.select(key.as_ref(), &ctx.tried) else {
+            if ctx.upgrade {
+                METRICS
+                    .websocket_upgrades
+                    .with_label_values(&[route.name.as_str(), "failed"])
+                    .inc();
+            }
             let (code, why) = if ctx.tried.is_empty() {
                 (503, "no healthy peer")
             } else {
@@ -140,6 +194,7 @@ impl ProxyHttp for Portico {
         let peer = Arc::clone(peer);
         ctx.tried.push(peer.addr);
         ctx.inflight = Some(peer.track());
+        ctx.connect_started = Some(Instant::now());
         Ok(http_peer)
     }
 
@@ -151,12 +206,37 @@ impl ProxyHttp for Portico {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if let Some(route) = ctx.route() {
+        if let (Some(route), Some(guard)) = (ctx.route(), &ctx.inflight) {
+            guard.peer().mark_failed(route.upstream.fail_timeout);
             if ctx.tried.len() <= route.upstream.retries {
                 e.set_retry(true);
+                METRICS
+                    .retries
+                    .with_label_values(&[route.upstream.name.as_str()])
+                    .inc();
             }
         }
         e
+    }
+
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        _fd: std::os::unix::io::RawFd,
+        _digest: Option<&Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let now = Instant::now();
+        if let (Some(route), Some(started)) = (ctx.route(), ctx.connect_started) {
+            METRICS
+                .upstream_connect_duration
+                .with_label_values(&[route.upstream.name.as_str()])
+                .observe(now.duration_since(started).as_secs_f64());
+        }
+        ctx.connected = Some(now);
+        Ok(())
     }
 
     async fn upstream_request_filter(
@@ -188,7 +268,7 @@ impl ProxyHttp for Portico {
         Ok(())
     }
 
-    async fn response_filter(
+    async fn upstream_response_filter(
         &self,
         _session: &mut Session,
         resp: &mut ResponseHeader,
@@ -197,33 +277,91 @@ impl ProxyHttp for Portico {
         let Some(route) = ctx.route() else {
             return Ok(());
         };
-        route.response_headers.apply(resp);
+        let upstream = route.upstream.name.as_str();
+        if let Some(connected) = ctx.connected {
+            METRICS
+                .upstream_response_duration
+                .with_label_values(&[upstream])
+                .observe(connected.elapsed().as_secs_f64());
+        }
+        if ctx.upgrade {
+            let upgraded = resp.status == http::StatusCode::SWITCHING_PROTOCOLS;
+            let outcome = if upgraded { "upgraded" } else { "refused" };
+            METRICS
+                .websocket_upgrades
+                .with_label_values(&[route.name.as_str(), outcome])
+                .inc();
+            if upgraded {
+                let gauge = METRICS
+                    .websockets_open
+                    .with_label_values(&[route.name.as_str(), upstream]);
+                ctx.websocket_open = Some(GaugeGuard::new(gauge));
+            }
+        }
         Ok(())
     }
 
-    /// One access-log line per request; for an upgrade, when the tunnel closes.
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(route) = ctx.route() {
+            route.response_headers.apply(resp);
+        }
+        Ok(())
+    }
+
+    /// Metrics and one access-log line per request; for an upgrade, when the tunnel closes.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        let req = session.req_header();
-        let route = ctx.route().map_or("-", |r| r.name.as_str());
+        let route = ctx.route_name();
         let upstream = ctx.route().map_or("-", |r| r.upstream.name.as_str());
-        let peer = ctx.inflight.as_ref().map(|g| g.peer().addr.to_string());
-        info!(
-            target: "access",
-            "{} \"{} {} {:?}\" {} {} {}ms route={} upstream={} peer={}{}{}",
-            ctx.client_ip,
-            req.method,
-            req.uri,
-            req.version,
+        let (sent, received) = (session.body_bytes_sent(), session.body_bytes_read());
+        let duration = ctx.started.elapsed();
+        METRICS
+            .requests
+            .with_label_values(&[route, upstream, status_class(status)])
+            .inc();
+        METRICS
+            .bytes_sent
+            .with_label_values(&[route])
+            .inc_by(sent as u64);
+        METRICS
+            .bytes_received
+            .with_label_values(&[route])
+            .inc_by(received as u64);
+        let upgraded = ctx.websocket_open.is_some();
+        if !upgraded {
+            METRICS
+                .request_duration
+                .with_label_values(&[route])
+                .observe(duration.as_secs_f64());
+        }
+        let req = session.req_header();
+        let text = |name| {
+            req.headers
+                .get(name)
+                .and_then(|v: &http::HeaderValue| v.to_str().ok())
+        };
+        accesslog::write(&Entry {
+            client: ctx.client_ip,
+            method: req.method.as_str(),
+            uri: &req.uri.to_string(),
+            version: req.version,
             status,
-            session.body_bytes_sent(),
-            ctx.started.elapsed().as_millis(),
+            bytes_sent: sent,
+            bytes_received: received,
+            duration,
             route,
             upstream,
-            peer.as_deref().unwrap_or("-"),
-            if ctx.upgrade { " upgrade" } else { "" },
-            e.map(|e| format!(" error=\"{}\"", e.etype().as_str())).unwrap_or_default(),
-        );
+            peer: ctx.inflight.as_ref().map(|g| g.peer().addr),
+            referer: text(header::REFERER),
+            user_agent: text(header::USER_AGENT),
+            upgraded,
+            error: e.map(|e| e.etype().as_str()),
+        });
     }
 }
 
@@ -255,13 +393,24 @@ fn ip_key(ip: IpAddr) -> Vec<u8> {
     }
 }
 
-/// Answers the request ourselves with a short text body; `Ok(true)` tells Pingora it is done.
-async fn respond(
+/// Answers the request ourselves with a short text body and counts why; `Ok(true)` tells
+/// Pingora the response is sent.
+async fn reject(
     session: &mut Session,
+    ctx: &RequestCtx,
+    reason: &'static str,
     status: u16,
     body: &'static str,
     extra: Option<(header::HeaderName, String)>,
 ) -> Result<bool> {
+    let route = ctx.route_name();
+    METRICS.rejections.with_label_values(&[route, reason]).inc();
+    if ctx.upgrade {
+        METRICS
+            .websocket_upgrades
+            .with_label_values(&[route, "rejected"])
+            .inc();
+    }
     let mut resp = ResponseHeader::build(status, Some(4))?;
     resp.insert_header(header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
     resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;

@@ -2,13 +2,13 @@
 //! Any error keeps the old snapshot serving and is logged with every problem found.
 
 use crate::config;
+use crate::metrics::METRICS;
 use crate::snapshot::{SharedSnapshot, Snapshot};
 use async_trait::async_trait;
 use log::{error, info};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -16,18 +16,6 @@ pub struct ReloadService {
     pub path: PathBuf,
     pub snapshot: SharedSnapshot,
 }
-
-/// Reloads since start, by outcome.
-#[derive(Debug, Default)]
-pub struct ReloadCounts {
-    pub applied: AtomicU64,
-    pub refused: AtomicU64,
-}
-
-pub static RELOADS: ReloadCounts = ReloadCounts {
-    applied: AtomicU64::new(0),
-    refused: AtomicU64::new(0),
-};
 
 #[async_trait]
 impl BackgroundService for ReloadService {
@@ -71,14 +59,14 @@ impl ReloadService {
                 futures_util::future::join_all(probes).await;
                 let sha256 = next.sha256.clone();
                 self.snapshot.store(Arc::new(next));
-                RELOADS.applied.fetch_add(1, Ordering::Relaxed);
+                METRICS.reloads.with_label_values(&["applied"]).inc();
                 info!(
                     "configuration reloaded from {} (sha256 {sha256})",
                     self.path.display()
                 );
             }
             Ok(Err(errs)) => {
-                RELOADS.refused.fetch_add(1, Ordering::Relaxed);
+                METRICS.reloads.with_label_values(&["refused"]).inc();
                 error!(
                     "reload of {} refused, the old configuration keeps serving:",
                     self.path.display()
@@ -88,7 +76,7 @@ impl ReloadService {
                 }
             }
             Err(e) => {
-                RELOADS.refused.fetch_add(1, Ordering::Relaxed);
+                METRICS.reloads.with_label_values(&["refused"]).inc();
                 error!("reload of {} failed: {e}", self.path.display());
             }
         }

@@ -2,7 +2,7 @@
 //! trusted proxies, listeners. Request code reads only this, through one `ArcSwap`.
 
 use crate::auth::BearerTokens;
-use crate::config::schema::ServerSection;
+use crate::config::schema::{AccessLogSection, ServerSection};
 use crate::config::{validate, ConfigErrors, Loaded};
 use crate::headers::{HeaderRules, TrustedProxies};
 use crate::routing::Router;
@@ -27,6 +27,7 @@ pub struct Snapshot {
     pub listeners: Vec<Listener>,
     pub admin: Option<SocketAddr>,
     pub server: ServerSection,
+    pub access_log: AccessLogSection,
     /// SHA-256 of the file this snapshot was built from.
     pub sha256: String,
     pub loaded_at: std::time::SystemTime,
@@ -253,6 +254,7 @@ impl Snapshot {
             listeners,
             admin,
             server: cfg.server.clone(),
+            access_log: cfg.access_log.clone(),
             sha256: loaded.sha256.clone(),
             loaded_at: std::time::SystemTime::now(),
         })
@@ -273,6 +275,12 @@ impl Snapshot {
         if self.admin != live.admin {
             errs.push(
                 "admin",
+                "cannot change on reload; use a binary upgrade (portico -u)",
+            );
+        }
+        if self.access_log != live.access_log {
+            errs.push(
+                "access_log",
                 "cannot change on reload; use a binary upgrade (portico -u)",
             );
         }

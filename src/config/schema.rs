@@ -23,6 +23,28 @@ pub struct FileConfig {
     pub upstreams: BTreeMap<String, UpstreamSection>,
     #[serde(default)]
     pub routes: Vec<RouteSection>,
+    /// Added key: where and how the access log is written (default: text on standard output).
+    #[serde(default)]
+    pub access_log: AccessLogSection,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogSection {
+    #[serde(default)]
+    pub format: AccessLogFormat,
+    /// A file to append to; default standard output.
+    #[serde(default)]
+    pub path: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AccessLogFormat {
+    /// Combined-like: `client - - [time] "request" status bytes "referer" "agent" key=value...`
+    #[default]
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -93,6 +115,9 @@ pub struct UpstreamSection {
     pub read_timeout: Option<Duration>,
     #[serde(default)]
     pub retries: Option<usize>,
+    /// Added key: how long a peer whose connect failed is skipped (nginx's `fail_timeout`,
+    /// with `max_fails=1`); `0s` turns passive health off. Default 10s.
+    pub fail_timeout: Option<Duration>,
 }
 
 /// A peer: `10.0.0.11:3000` or `{ address: 10.0.0.12:3000, weight: 2 }`.

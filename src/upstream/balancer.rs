@@ -21,6 +21,7 @@ const MAX_ITERATIONS: usize = 256;
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_RETRIES: usize = 1;
+const DEFAULT_FAIL_TIMEOUT: Duration = Duration::from_secs(10);
 
 enum Balancer {
     RoundRobin(LoadBalancer<RoundRobin>),
@@ -38,6 +39,8 @@ pub struct UpstreamGroup {
     pub source: UpstreamSection,
     pub balance: Balance,
     pub retries: usize,
+    /// How long a peer whose connect failed is skipped (0: never).
+    pub fail_timeout: Duration,
     pub health: Option<HealthSchedule>,
     balancer: Balancer,
     peers: HashMap<SocketAddr, Arc<Peer>>,
@@ -93,10 +96,15 @@ impl UpstreamGroup {
             peers.insert(addr, Arc::new(peer));
             order.push(addr);
         }
-        let health = section
-            .health_check
-            .as_ref()
-            .and_then(|hc| health::build(hc, tls.is_some(), &format!("{path}.health_check"), errs));
+        let health = section.health_check.as_ref().and_then(|hc| {
+            health::build(
+                name,
+                hc,
+                tls.is_some(),
+                &format!("{path}.health_check"),
+                errs,
+            )
+        });
         if errs.0.len() > before {
             return None;
         }
@@ -117,6 +125,7 @@ impl UpstreamGroup {
             source: section.clone(),
             balance: section.balance,
             retries: section.retries.unwrap_or(DEFAULT_RETRIES),
+            fail_timeout: section.fail_timeout.map_or(DEFAULT_FAIL_TIMEOUT, |d| d.0),
             health: schedule,
             balancer,
             peers,
@@ -125,14 +134,35 @@ impl UpstreamGroup {
     }
 
     /// Picks a healthy peer not in `exclude` (peers this request already failed to reach).
-    /// `key` is the client IP's bytes, used by ip_hash only. `None`: no eligible peer.
+    /// `key` is the client IP's bytes, used by ip_hash only. Peers whose connect failed within
+    /// `fail_timeout` are skipped unless nothing else is left. `None`: no eligible peer.
     pub fn select(&self, key: &[u8], exclude: &[SocketAddr]) -> Option<&Arc<Peer>> {
-        let accept = |b: &Backend, healthy: bool| healthy && !is_excluded(b, exclude);
+        self.select_pass(key, exclude, true)
+            .or_else(|| self.select_pass(key, exclude, false))
+    }
+
+    fn select_pass(
+        &self,
+        key: &[u8],
+        exclude: &[SocketAddr],
+        skip_failed: bool,
+    ) -> Option<&Arc<Peer>> {
+        let eligible = |peer: &Peer| {
+            let out = exclude.contains(&peer.addr) || (skip_failed && peer.recently_failed());
+            !out
+        };
+        let accept = |b: &Backend, healthy: bool| {
+            healthy
+                && b.addr
+                    .as_inet()
+                    .and_then(|a| self.peers.get(a))
+                    .is_some_and(|p| eligible(p))
+        };
         let backend = match &self.balancer {
             Balancer::RoundRobin(lb) => lb.select_with(key, MAX_ITERATIONS, accept),
             Balancer::IpHash(lb) => lb.select_with(key, MAX_ITERATIONS, accept),
             Balancer::Random(lb) => lb.select_with(key, MAX_ITERATIONS, accept),
-            Balancer::LeastConn(lb, cursor) => return self.least_conn(lb, cursor, exclude),
+            Balancer::LeastConn(lb, cursor) => return self.least_conn(lb, cursor, eligible),
         }?;
         self.peers.get(backend.addr.as_inet()?)
     }
@@ -143,14 +173,14 @@ impl UpstreamGroup {
         &self,
         lb: &LoadBalancer<RoundRobin>,
         cursor: &AtomicUsize,
-        exclude: &[SocketAddr],
+        eligible: impl Fn(&Peer) -> bool,
     ) -> Option<&Arc<Peer>> {
         let n = self.order.len();
         let start = cursor.fetch_add(1, Ordering::Relaxed);
         let mut best: Option<&Arc<Peer>> = None;
         for i in 0..n {
             let peer = &self.peers[&self.order[(start + i) % n]];
-            if exclude.contains(&peer.addr) || !self.is_healthy_in(lb.backends(), peer) {
+            if !eligible(peer) || !self.is_healthy_in(lb.backends(), peer) {
                 continue;
             }
             // a/wa < b/wb  <=>  a*wb < b*wa, without division.
@@ -188,10 +218,6 @@ impl UpstreamGroup {
     pub async fn run_health_check(&self) {
         self.backends().run_health_check(true).await;
     }
-}
-
-fn is_excluded(b: &Backend, exclude: &[SocketAddr]) -> bool {
-    b.addr.as_inet().is_some_and(|a| exclude.contains(a))
 }
 
 fn load_balancer<S>(view: Backends) -> LoadBalancer<S>

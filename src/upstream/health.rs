@@ -4,10 +4,12 @@
 use super::UpstreamGroup;
 use crate::config::schema::{HealthCheckSection, HealthCheckType};
 use crate::config::{validate, ConfigErrors};
+use crate::metrics::METRICS;
 use crate::snapshot::SharedSnapshot;
 use async_trait::async_trait;
 use log::debug;
 use pingora::lb::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
+use pingora::lb::Backend;
 use pingora::prelude::*;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
@@ -30,8 +32,10 @@ pub struct HealthSchedule {
     running: AtomicBool,
 }
 
-/// Compiles a `health_check` section into a Pingora check and its schedule.
+/// Compiles a `health_check` section into a Pingora check (counted in the metrics under
+/// `upstream`) and its schedule.
 pub fn build(
+    upstream: &str,
     hc: &HealthCheckSection,
     tls: bool,
     path: &str,
@@ -105,7 +109,42 @@ pub fn build(
         next_due: Mutex::new(Instant::now()),
         running: AtomicBool::new(false),
     };
-    Some((check, schedule))
+    let counted = Counted {
+        inner: check,
+        upstream: upstream.to_owned(),
+    };
+    Some((Box::new(counted), schedule))
+}
+
+/// A check that counts its probes by result for `portico_health_checks_total`.
+struct Counted {
+    inner: Box<dyn HealthCheck + Send + Sync>,
+    upstream: String,
+}
+
+#[async_trait]
+impl HealthCheck for Counted {
+    async fn check(&self, target: &Backend) -> Result<()> {
+        let result = self.inner.check(target).await;
+        let outcome = if result.is_ok() { "ok" } else { "failed" };
+        METRICS
+            .health_checks
+            .with_label_values(&[self.upstream.as_str(), outcome])
+            .inc();
+        result
+    }
+
+    async fn health_status_change(&self, target: &Backend, healthy: bool) {
+        self.inner.health_status_change(target, healthy).await;
+    }
+
+    fn backend_summary(&self, target: &Backend) -> String {
+        self.inner.backend_summary(target)
+    }
+
+    fn health_threshold(&self, success: bool) -> usize {
+        self.inner.health_threshold(success)
+    }
 }
 
 /// Runs the health checks of whichever groups the current snapshot holds; groups come and go

@@ -3,8 +3,10 @@
 use pingora::lb::Backend;
 use pingora::upstreams::peer::HttpPeer;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::LazyLock;
+use std::time::{Duration, Instant};
 
 /// A peer as the request path sees it. The `template` is compiled once per config (timeouts,
 /// TLS, SNI), so picking a peer costs one clone and no parsing.
@@ -17,6 +19,14 @@ pub struct Peer {
     pub backend: Backend,
     /// Requests in flight plus open upgraded connections: least_conn reads it, /status shows it.
     inflight: AtomicUsize,
+    /// Passive health: until when (ms on [`clock_ms`]) a failed connect keeps this peer out.
+    failed_until: AtomicU64,
+}
+
+/// Milliseconds since the first call: a cheap monotonic clock for passive health.
+fn clock_ms() -> u64 {
+    static START: LazyLock<Instant> = LazyLock::new(Instant::now);
+    START.elapsed().as_millis() as u64
 }
 
 impl Peer {
@@ -29,11 +39,23 @@ impl Peer {
             template,
             backend,
             inflight: AtomicUsize::new(0),
+            failed_until: AtomicU64::new(0),
         }
     }
 
     pub fn inflight(&self) -> usize {
         self.inflight.load(Ordering::Relaxed)
+    }
+
+    /// A connect to this peer failed: keep it out of selection for `fail_timeout` (nginx's
+    /// `max_fails=1 fail_timeout=...`), so a dead peer costs one failed attempt, not one per request.
+    pub fn mark_failed(&self, fail_timeout: Duration) {
+        let until = clock_ms() + fail_timeout.as_millis() as u64;
+        self.failed_until.fetch_max(until, Ordering::Relaxed);
+    }
+
+    pub fn recently_failed(&self) -> bool {
+        clock_ms() < self.failed_until.load(Ordering::Relaxed)
     }
 
     /// Counts one request (or upgraded connection) on this peer until the guard drops.

@@ -200,11 +200,32 @@ async fn connect_failure_is_retried_on_another_peer() {
     }
 }
 
+/// Passive health (nginx's max_fails=1 fail_timeout=10s): without retries, one request pays
+/// for the dead peer, then it is skipped.
 #[tokio::test]
-async fn without_retries_a_dead_peer_fails_its_share_with_502() {
+async fn without_retries_only_the_first_request_to_a_dead_peer_fails() {
     let live = HttpOrigin::start("live").await;
-    let dead = free_addr();
-    let up = format!("    peers: ['{dead}', '{}']\n    retries: 0\n", live.addr);
+    let up = format!(
+        "    peers: ['{}', '{}']\n    retries: 0\n",
+        free_addr(),
+        live.addr
+    );
+    let proxy = Proxy::start(&one_route(&up)).await;
+    let mut statuses = Vec::new();
+    for _ in 0..10 {
+        statuses.push(get(proxy.addr, "/", &[]).await.status);
+    }
+    assert_eq!(statuses, [502, 200, 200, 200, 200, 200, 200, 200, 200, 200]);
+}
+
+#[tokio::test]
+async fn fail_timeout_zero_turns_passive_health_off() {
+    let live = HttpOrigin::start("live").await;
+    let up = format!(
+        "    peers: ['{}', '{}']\n    retries: 0\n    fail_timeout: 0s\n",
+        free_addr(),
+        live.addr
+    );
     let proxy = Proxy::start(&one_route(&up)).await;
     let mut statuses = Vec::new();
     for _ in 0..10 {
@@ -215,11 +236,20 @@ async fn without_retries_a_dead_peer_fails_its_share_with_502() {
         5,
         "{statuses:?}"
     );
-    assert_eq!(
-        statuses.iter().filter(|s| **s == 200).count(),
-        5,
-        "{statuses:?}"
-    );
+}
+
+#[tokio::test]
+async fn passively_failed_peers_are_still_tried_when_nothing_else_is_left() {
+    let a = HttpOrigin::start("a").await;
+    let dead = free_addr();
+    // The only peer fails once, then comes back: it must be used again at once, not in 10s.
+    let up = format!("    peers: ['{dead}']\n    retries: 0\n");
+    let proxy = Proxy::start(&one_route(&up)).await;
+    assert_eq!(get(proxy.addr, "/", &[]).await.status, 502);
+    drop(a);
+    let back = HttpOrigin::start_on("back", dead).await;
+    assert_eq!(get(proxy.addr, "/", &[]).await.origin(), "back");
+    assert_eq!(back.hits(), 1);
 }
 
 #[tokio::test]
@@ -287,11 +317,15 @@ async fn least_conn_sends_new_connections_to_the_least_busy_peer() {
         ws.close(None).await.unwrap();
         while let Some(Ok(_)) = ws.next().await {}
     }
-    let closed_on_x = format!("peer={} upgrade", x.addr);
-    eventually("x's tunnels are closed", || async {
-        proxy.logs().matches(&closed_on_x).count() == 2
-    })
-    .await;
+    let closed_on_x = format!("peer={} ", x.addr);
+    let closed = || {
+        proxy
+            .logs()
+            .lines()
+            .filter(|l| l.contains(&closed_on_x) && l.ends_with(" upgraded"))
+            .count()
+    };
+    eventually("x's tunnels are closed", || async { closed() == 2 }).await;
     for _ in 0..2 {
         let (mut ws, _) = ws_connect(proxy.addr, "/", &[]).await.unwrap();
         assert_eq!(whoami(&mut ws).await, "x");

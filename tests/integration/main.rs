@@ -8,6 +8,7 @@ mod balancing;
 mod config_check;
 mod headers;
 mod lifecycle;
+mod observability;
 mod policy;
 mod reload;
 mod routing;

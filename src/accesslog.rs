@@ -1,0 +1,130 @@
+//! The access log: one line per request, and one per upgraded connection when it closes, as
+//! text (combined-like) or JSON, written by a thread of its own so a worker never waits on I/O.
+
+use crate::config::schema::{AccessLogFormat, AccessLogSection};
+use crate::metrics::METRICS;
+use std::io::Write;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime};
+
+/// Lines waiting for the writer; past this a line is dropped and counted, never waited for.
+const QUEUE: usize = 65_536;
+
+struct Writer {
+    tx: SyncSender<String>,
+    format: AccessLogFormat,
+}
+
+static WRITER: OnceLock<Writer> = OnceLock::new();
+
+/// Starts the writer thread (once per process): to `path` (appended) or standard output.
+pub fn init(section: &AccessLogSection) -> std::io::Result<()> {
+    let out: Box<dyn Write + Send> = match &section.path {
+        Some(p) => Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)?,
+        ),
+        None => Box::new(std::io::stdout()),
+    };
+    let (tx, rx) = sync_channel(QUEUE);
+    std::thread::Builder::new()
+        .name("access-log".into())
+        .spawn(move || write_loop(rx, out))?;
+    let _ = WRITER.set(Writer {
+        tx,
+        format: section.format,
+    });
+    Ok(())
+}
+
+fn write_loop(rx: Receiver<String>, out: Box<dyn Write + Send>) {
+    let mut out = std::io::BufWriter::new(out);
+    while let Ok(line) = rx.recv() {
+        let _ = out.write_all(line.as_bytes());
+        // Batch whatever else is queued, then flush: lines are visible at once when idle.
+        while let Ok(line) = rx.try_recv() {
+            let _ = out.write_all(line.as_bytes());
+        }
+        let _ = out.flush();
+    }
+}
+
+/// What one line says.
+pub struct Entry<'a> {
+    pub client: std::net::IpAddr,
+    pub method: &'a str,
+    pub uri: &'a str,
+    pub version: http::Version,
+    pub status: u16,
+    pub bytes_sent: usize,
+    pub bytes_received: usize,
+    pub duration: Duration,
+    pub route: &'a str,
+    pub upstream: &'a str,
+    pub peer: Option<std::net::SocketAddr>,
+    pub referer: Option<&'a str>,
+    pub user_agent: Option<&'a str>,
+    pub upgraded: bool,
+    pub error: Option<&'a str>,
+}
+
+pub fn write(e: &Entry) {
+    let Some(w) = WRITER.get() else { return };
+    let line = match w.format {
+        AccessLogFormat::Text => text(e),
+        AccessLogFormat::Json => json(e),
+    };
+    if let Err(TrySendError::Full(_)) = w.tx.try_send(line) {
+        METRICS.access_log_dropped.inc();
+    }
+}
+
+fn text(e: &Entry) -> String {
+    let peer = e.peer.map_or_else(|| "-".to_owned(), |p| p.to_string());
+    format!(
+        "{} - - [{}] \"{} {} {:?}\" {} {} \"{}\" \"{}\" route={} upstream={} peer={} duration_ms={:.3} received={}{}{}\n",
+        e.client,
+        humantime::format_rfc3339_millis(SystemTime::now()),
+        e.method,
+        e.uri,
+        e.version,
+        e.status,
+        e.bytes_sent,
+        e.referer.unwrap_or("-"),
+        e.user_agent.unwrap_or("-"),
+        e.route,
+        e.upstream,
+        peer,
+        e.duration.as_secs_f64() * 1000.0,
+        e.bytes_received,
+        if e.upgraded { " upgraded" } else { "" },
+        e.error.map(|x| format!(" error={x}")).unwrap_or_default(),
+    )
+}
+
+fn json(e: &Entry) -> String {
+    let mut line = serde_json::json!({
+        "time": humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+        "client": e.client.to_string(),
+        "method": e.method,
+        "uri": e.uri,
+        "version": format!("{:?}", e.version),
+        "status": e.status,
+        "bytes_sent": e.bytes_sent,
+        "bytes_received": e.bytes_received,
+        "duration_ms": e.duration.as_secs_f64() * 1000.0,
+        "route": e.route,
+        "upstream": e.upstream,
+        "peer": e.peer.map(|p| p.to_string()),
+        "referer": e.referer,
+        "user_agent": e.user_agent,
+        "upgraded": e.upgraded,
+        "error": e.error,
+    })
+    .to_string();
+    line.push('\n');
+    line
+}
