@@ -68,6 +68,8 @@ pub struct Entry<'a> {
     pub referer: Option<&'a str>,
     pub user_agent: Option<&'a str>,
     pub upgraded: bool,
+    /// How a tunnel ended (`closed`, `idle_timeout`, `drained`, `io_error`).
+    pub end: Option<&'a str>,
     pub error: Option<&'a str>,
 }
 
@@ -85,7 +87,7 @@ pub fn write(e: &Entry) {
 fn text(e: &Entry) -> String {
     let peer = e.peer.map_or_else(|| "-".to_owned(), |p| p.to_string());
     format!(
-        "{} - - [{}] \"{} {} {:?}\" {} {} \"{}\" \"{}\" route={} upstream={} peer={} duration_ms={:.3} received={}{}{}\n",
+        "{} - - [{}] \"{} {} {:?}\" {} {} \"{}\" \"{}\" route={} upstream={} peer={} duration_ms={:.3} received={}{}{}{}\n",
         e.client,
         humantime::format_rfc3339_millis(SystemTime::now()),
         e.method,
@@ -101,6 +103,7 @@ fn text(e: &Entry) -> String {
         e.duration.as_secs_f64() * 1000.0,
         e.bytes_received,
         if e.upgraded { " upgraded" } else { "" },
+        e.end.map(|x| format!(" end={x}")).unwrap_or_default(),
         e.error.map(|x| format!(" error={x}")).unwrap_or_default(),
     )
 }
@@ -122,6 +125,7 @@ fn json(e: &Entry) -> String {
         "referer": e.referer,
         "user_agent": e.user_agent,
         "upgraded": e.upgraded,
+        "end": e.end,
         "error": e.error,
     })
     .to_string();

@@ -6,14 +6,15 @@
 //! period. The socket is bound with SO_REUSEPORT so the new process of a binary upgrade binds
 //! it while the old one still answers.
 
+use crate::drain::DRAINING;
 use crate::metrics::METRICS;
 use crate::snapshot::SharedSnapshot;
 use async_trait::async_trait;
-use log::{debug, error, info};
+use log::{debug, error};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -21,9 +22,6 @@ use tokio::net::TcpStream;
 
 const MAX_REQUEST: usize = 8 * 1024;
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Set when a graceful shutdown (SIGTERM, or SIGQUIT after the hand-off) starts.
-pub static DRAINING: AtomicBool = AtomicBool::new(false);
 
 /// Binds the admin address now, at start, so a busy port is an error before anything runs.
 pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
@@ -44,7 +42,7 @@ pub struct AdminService {
 
 #[async_trait]
 impl BackgroundService for AdminService {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
+    async fn start(&self, _shutdown: ShutdownWatch) {
         let Some(std_listener) = self
             .listener
             .lock()
@@ -60,7 +58,8 @@ impl BackgroundService for AdminService {
                 return;
             }
         };
-        let mut watching = true;
+        // Serves on through a drain (the drain service sets DRAINING); the runtime ends this
+        // task at the very end.
         loop {
             tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -74,12 +73,6 @@ impl BackgroundService for AdminService {
                     }
                     Err(e) => error!("admin accept: {e}"),
                 },
-                // Keep serving after the signal: the runtime ends this task at the very end.
-                _ = shutdown.changed(), if watching => {
-                    watching = false;
-                    DRAINING.store(true, Ordering::SeqCst);
-                    info!("draining: /healthz answers 503");
-                }
             }
         }
     }

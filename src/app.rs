@@ -4,12 +4,14 @@
 use crate::accesslog;
 use crate::admin::{self, AdminService};
 use crate::cli::Cli;
+use crate::drain::DrainService;
 use crate::handoff::{self, PidFile};
 use crate::proxy::Portico;
 use crate::reload::ReloadService;
 use crate::snapshot::Snapshot;
 use crate::upstream::health::HealthService;
 use arc_swap::ArcSwap;
+use pingora::connectors::TransportConnector;
 use pingora::proxy::http_proxy_service;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
@@ -27,6 +29,10 @@ pub fn run(cli: &Cli, snapshot: Snapshot) -> ! {
         handoff::signal_old_when_ready(&conf.pid_file, &conf.upgrade_sock);
     }
     let pid_file = conf.pid_file.clone();
+    let grace_period = snapshot
+        .server
+        .grace_period
+        .map_or(DEFAULT_GRACE_PERIOD, |d| d.0);
     let mut server = Server::new_with_opt_and_conf(cli.pingora_opt(), conf);
     // With -u this waits for the old process's listening sockets.
     server.bootstrap();
@@ -55,12 +61,13 @@ pub fn run(cli: &Cli, snapshot: Snapshot) -> ! {
     }
     let shared = Arc::new(ArcSwap::from_pointee(snapshot));
 
-    let mut proxy = http_proxy_service(
-        &server.configuration,
-        Portico {
-            snapshot: Arc::clone(&shared),
-        },
-    );
+    let drain_limit = drain_margin(grace_period) / 2;
+    let portico = Portico {
+        snapshot: Arc::clone(&shared),
+        connector: TransportConnector::new(None),
+        drain_limit,
+    };
+    let mut proxy = http_proxy_service(&server.configuration, portico);
     for (addr, tls) in &listeners {
         match tls {
             None => proxy.add_tcp(addr),
@@ -76,6 +83,11 @@ pub fn run(cli: &Cli, snapshot: Snapshot) -> ! {
         }
     }
     server.add_service(proxy);
+    let drain = DrainService {
+        grace_period: grace_period.saturating_sub(drain_margin(grace_period)),
+        before_exit: Mutex::new(Some(Box::new(move || drop(pid_file)))),
+    };
+    server.add_service(background_service("drain", drain));
     server.add_service(background_service(
         "health checks",
         HealthService {
@@ -97,8 +109,13 @@ pub fn run(cli: &Cli, snapshot: Snapshot) -> ! {
         },
     ));
     server.run(RunArgs::default());
-    drop(pid_file);
     std::process::exit(0)
+}
+
+/// Open WebSockets get their 1001 close this long before the grace period ends, because
+/// Pingora drops every task the moment it does.
+fn drain_margin(grace: Duration) -> Duration {
+    (grace / 4).min(Duration::from_secs(1))
 }
 
 /// A start-up failure that is not the file's fault (a busy port, an unwritable log): exit 1.

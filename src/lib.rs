@@ -9,7 +9,8 @@
 //!   [`handoff`]: `-u` finds the old process and signals it once ready for its sockets.
 //! - [`proxy`]: the `ProxyHttp` hooks. A request loads the snapshot once (`new_ctx`), then:
 //!   1. `request_filter`: client IP through trusted proxies ([`headers`]), route by host and
-//!      path ([`routing`]), answer 404 / 301 / 403 / 401 itself ([`auth`], [`websocket`]);
+//!      path ([`routing`]), answer 404 / 301 / 403 / 401 itself ([`auth`]); a valid WebSocket
+//!      upgrade is taken over here ([`websocket`]): handshake with a peer, then [`tunnel`];
 //!   2. `upstream_peer`: pick a healthy, untried peer of the route's group ([`upstream`]);
 //!      `fail_to_connect` retries another peer;
 //!   3. `upstream_request_filter`: X-Forwarded-*, strip_prefix, the route's header rules;
@@ -17,7 +18,8 @@
 //!   5. `logging`: one access-log line (for an upgrade, when the tunnel closes).
 //! - [`upstream::health`]: one background service running every group's active checks.
 //! - [`admin`]: `/metrics` ([`metrics`]), `/healthz`, `/status`; [`accesslog`]: the access log
-//!   on a writer thread of its own.
+//!   on a writer thread of its own; [`drain`]: 1001 closes at the end of the grace period,
+//!   exit as soon as nothing is open.
 
 pub mod accesslog;
 pub mod admin;
@@ -25,6 +27,7 @@ pub mod app;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod drain;
 pub mod handoff;
 pub mod headers;
 pub mod metrics;
@@ -32,5 +35,6 @@ pub mod proxy;
 pub mod reload;
 pub mod routing;
 pub mod snapshot;
+pub mod tunnel;
 pub mod upstream;
 pub mod websocket;

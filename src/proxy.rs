@@ -3,26 +3,35 @@
 //! the access log.
 
 use crate::accesslog::{self, Entry};
+use crate::drain;
 use crate::headers::{self, Forwarded};
 use crate::metrics::{status_class, METRICS};
 use crate::routing;
 use crate::snapshot::{Route, SharedSnapshot, Snapshot};
+use crate::tunnel::{self, Outcome};
 use crate::upstream::InflightGuard;
-use crate::websocket;
+use crate::websocket::{self, Upgrade};
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::header;
+use pingora::connectors::TransportConnector;
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
+use pingora::protocols::http::ServerSession;
 use pingora::protocols::Digest;
 use pingora::proxy::{ProxyHttp, Session};
 use prometheus::IntGauge;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
 
 pub struct Portico {
     pub snapshot: SharedSnapshot,
+    /// Connects to peers for WebSocket upgrades, which portico handles itself.
+    pub connector: TransportConnector,
+    /// The longest a draining tunnel waits for a frame in flight before its 1001 close.
+    pub drain_limit: Duration,
 }
 
 /// Per-request state. The snapshot is loaded once, when the request starts, so one request
@@ -43,6 +52,10 @@ pub struct RequestCtx {
     started: Instant,
     connect_started: Option<Instant>,
     connected: Option<Instant>,
+    /// A WebSocket upgrade portico answered itself: the status sent and, after a 101, how
+    /// the tunnel went.
+    ws_status: Option<u16>,
+    tunnel: Option<Outcome>,
 }
 
 impl RequestCtx {
@@ -90,6 +103,8 @@ impl ProxyHttp for Portico {
             started: Instant::now(),
             connect_started: None,
             connected: None,
+            ws_status: None,
+            tunnel: None,
         }
     }
 
@@ -101,7 +116,8 @@ impl ProxyHttp for Portico {
             .trusted
             .client_ip(peer_ip, &session.req_header().headers);
         ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        ctx.upgrade = session.is_upgrade_req();
+        let upgrade = websocket::check(session.req_header());
+        ctx.upgrade = upgrade != Upgrade::No;
 
         let req = session.req_header();
         let host = request_host(req).map(routing::host_without_port);
@@ -157,10 +173,15 @@ impl ProxyHttp for Portico {
                 .await;
             }
         }
-        if ctx.upgrade {
-            websocket::prepare_downstream(session, &route.websocket);
+        match upgrade {
+            Upgrade::No => Ok(false),
+            Upgrade::Invalid { status, why } => {
+                let version =
+                    (status == 426).then(|| (header::SEC_WEBSOCKET_VERSION, "13".to_owned()));
+                reject(session, ctx, "bad_upgrade", status, why, version).await
+            }
+            Upgrade::WebSocket => self.websocket(session, ctx).await,
         }
-        Ok(false)
     }
 
     async fn upstream_peer(
@@ -187,10 +208,7 @@ impl ProxyHttp for Portico {
             };
             return Error::e_explain(HTTPStatus(code), format!("upstream {}: {why}", group.name));
         };
-        let mut http_peer = Box::new(peer.template.clone());
-        if ctx.upgrade {
-            websocket::prepare_upstream(&mut http_peer, &route.websocket);
-        }
+        let http_peer = Box::new(peer.template.clone());
         let peer = Arc::clone(peer);
         ctx.tried.push(peer.addr);
         ctx.inflight = Some(peer.track());
@@ -271,32 +289,14 @@ impl ProxyHttp for Portico {
     async fn upstream_response_filter(
         &self,
         _session: &mut Session,
-        resp: &mut ResponseHeader,
+        _resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let Some(route) = ctx.route() else {
-            return Ok(());
-        };
-        let upstream = route.upstream.name.as_str();
-        if let Some(connected) = ctx.connected {
+        if let (Some(route), Some(connected)) = (ctx.route(), ctx.connected) {
             METRICS
                 .upstream_response_duration
-                .with_label_values(&[upstream])
+                .with_label_values(&[route.upstream.name.as_str()])
                 .observe(connected.elapsed().as_secs_f64());
-        }
-        if ctx.upgrade {
-            let upgraded = resp.status == http::StatusCode::SWITCHING_PROTOCOLS;
-            let outcome = if upgraded { "upgraded" } else { "refused" };
-            METRICS
-                .websocket_upgrades
-                .with_label_values(&[route.name.as_str(), outcome])
-                .inc();
-            if upgraded {
-                let gauge = METRICS
-                    .websockets_open
-                    .with_label_values(&[route.name.as_str(), upstream]);
-                ctx.websocket_open = Some(GaugeGuard::new(gauge));
-            }
         }
         Ok(())
     }
@@ -315,10 +315,16 @@ impl ProxyHttp for Portico {
 
     /// Metrics and one access-log line per request; for an upgrade, when the tunnel closes.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
-        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let status = ctx
+            .ws_status
+            .or_else(|| session.response_written().map(|r| r.status.as_u16()))
+            .unwrap_or(0);
         let route = ctx.route_name();
         let upstream = ctx.route().map_or("-", |r| r.upstream.name.as_str());
-        let (sent, received) = (session.body_bytes_sent(), session.body_bytes_read());
+        let (sent, received) = match &ctx.tunnel {
+            Some(t) => (t.peer_to_client as usize, t.client_to_peer as usize),
+            None => (session.body_bytes_sent(), session.body_bytes_read()),
+        };
         let duration = ctx.started.elapsed();
         METRICS
             .requests
@@ -360,9 +366,182 @@ impl ProxyHttp for Portico {
             referer: text(header::REFERER),
             user_agent: text(header::USER_AGENT),
             upgraded,
+            end: ctx.tunnel.as_ref().map(|t| t.end.as_str()),
             error: e.map(|e| e.etype().as_str()),
         });
     }
+}
+
+impl Portico {
+    /// A valid WebSocket upgrade, handled here rather than by Pingora's proxy loop (see
+    /// `tunnel`). Until the peer has answered, failures are ordinary errors that Pingora answers
+    /// (502/503); once the peer has answered, the client's connection is taken from Pingora and
+    /// either tunnelled (a real 101) or given the peer's refusal and closed. `Ok(true)`: done.
+    async fn websocket(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let snapshot = Arc::clone(&ctx.snapshot);
+        let route = &snapshot.routes[ctx.route.expect("routed")];
+        let group = &route.upstream;
+        let peer_ip = peer_ip(session);
+        let forwarded = Forwarded {
+            peer: peer_ip,
+            peer_trusted: snapshot.trusted.contains(peer_ip),
+            client: ctx.client_ip,
+            tls: ctx.tls,
+            host: session.req_header().headers.get(header::HOST),
+        };
+        let strip = route.strip_prefix.then_some(route.path_prefix.as_str());
+        let request = websocket::upstream_request(
+            session.req_header(),
+            &forwarded,
+            &route.request_headers,
+            strip,
+        )?;
+
+        let key = ip_key(ctx.client_ip);
+        let (peer, mut upstream) = loop {
+            let Some(peer) = group.select(&key, &ctx.tried) else {
+                METRICS
+                    .websocket_upgrades
+                    .with_label_values(&[route.name.as_str(), "failed"])
+                    .inc();
+                let (code, why) = if ctx.tried.is_empty() {
+                    (503, "no healthy peer")
+                } else {
+                    (502, "no peer left to retry")
+                };
+                return Error::e_explain(
+                    HTTPStatus(code),
+                    format!("upstream {}: {why}", group.name),
+                );
+            };
+            let peer = Arc::clone(peer);
+            ctx.tried.push(peer.addr);
+            ctx.inflight = Some(peer.track());
+            let started = Instant::now();
+            match self.connector.new_stream(&peer.template).await {
+                Ok(stream) => {
+                    METRICS
+                        .upstream_connect_duration
+                        .with_label_values(&[group.name.as_str()])
+                        .observe(started.elapsed().as_secs_f64());
+                    break (peer, stream);
+                }
+                Err(e) => {
+                    peer.mark_failed(group.fail_timeout);
+                    if ctx.tried.len() <= group.retries {
+                        METRICS
+                            .retries
+                            .with_label_values(&[group.name.as_str()])
+                            .inc();
+                        continue;
+                    }
+                    METRICS
+                        .websocket_upgrades
+                        .with_label_values(&[route.name.as_str(), "failed"])
+                        .inc();
+                    return Err(Error::because(
+                        HTTPStatus(502),
+                        format!("connecting to {}", peer.addr),
+                        e,
+                    ));
+                }
+            }
+        };
+        let timeout = peer
+            .template
+            .options
+            .read_timeout
+            .unwrap_or(Duration::from_secs(60));
+        let answer = match websocket::exchange(&mut upstream, &request, timeout).await {
+            Ok(a) => a,
+            Err(e) => {
+                METRICS
+                    .websocket_upgrades
+                    .with_label_values(&[route.name.as_str(), "failed"])
+                    .inc();
+                return Err(Error::because(
+                    HTTPStatus(502),
+                    format!("websocket handshake with {}", peer.addr),
+                    e,
+                ));
+            }
+        };
+
+        // The peer has answered: take the client's connection out of Pingora's hands, leaving
+        // it a closed stand-in to finish with.
+        let stand_in = stand_in(session).await?;
+        let taken = std::mem::replace(&mut *session.downstream_session, stand_in);
+        let mut client = match taken {
+            ServerSession::H1(h1) => h1.into_inner(),
+            other => {
+                *session.downstream_session = other;
+                return Error::e_explain(
+                    InternalError,
+                    "websocket upgrade on a non-HTTP/1 session",
+                );
+            }
+        };
+        if websocket::is_switch(&answer) {
+            METRICS
+                .websocket_upgrades
+                .with_label_values(&[route.name.as_str(), "upgraded"])
+                .inc();
+            ctx.ws_status = Some(101);
+            let gauge = METRICS
+                .websockets_open
+                .with_label_values(&[route.name.as_str(), group.name.as_str()]);
+            ctx.websocket_open = Some(GaugeGuard::new(gauge));
+            let sent = async {
+                client.write_all(&answer.raw_head).await?;
+                client.flush().await
+            };
+            if sent.await.is_ok() {
+                let outcome = tunnel::run(
+                    client,
+                    upstream,
+                    answer.rest,
+                    route.websocket.idle_timeout,
+                    drain::watch(),
+                    self.drain_limit,
+                )
+                .await;
+                ctx.tunnel = Some(outcome);
+            }
+        } else {
+            METRICS
+                .websocket_upgrades
+                .with_label_values(&[route.name.as_str(), "refused"])
+                .inc();
+            ctx.ws_status = Some(if answer.status == 101 {
+                502
+            } else {
+                answer.status
+            });
+            let _ = websocket::relay_refusal(
+                &mut client,
+                &mut upstream,
+                answer,
+                &route.response_headers,
+            )
+            .await;
+        }
+        Ok(true)
+    }
+}
+
+/// What Pingora keeps after the client's connection is taken: a session that has read the same
+/// request head (Pingora reads it again for logging and clean-up; an unread one panics) from a
+/// stream that then ends.
+async fn stand_in(session: &Session) -> Result<ServerSession> {
+    let raw = session.as_downstream().to_h1_raw();
+    let (stream, mut feed) = tokio::io::duplex(raw.len() + 1);
+    feed.write_all(&raw)
+        .await
+        .or_err(InternalError, "stand-in session")?;
+    drop(feed);
+    let mut stand_in = ServerSession::new_http1(Box::new(stream));
+    stand_in.read_request().await?;
+    Ok(stand_in)
 }
 
 fn peer_ip(session: &Session) -> IpAddr {

@@ -1,22 +1,493 @@
-//! WebSocket upgrades: the per-route policy and the timeouts that make an upgraded connection
-//! live by `websocket.idle_timeout` instead of the plain-HTTP read timeouts.
+//! WebSocket upgrades, handled by portico end to end: validate the request, hand it to a peer,
+//! read the peer's answer, then either tunnel (101) or relay the refusal with HTTP semantics
+//! and close, so an origin that answers 200 can never open a raw channel ("smuggling").
 
-use crate::snapshot::WebSocketPolicy;
-use pingora::proxy::Session;
-use pingora::upstreams::peer::HttpPeer;
+use crate::headers::{self, Forwarded, HeaderRules};
+use crate::routing;
+use bytes::{BufMut, Bytes, BytesMut};
+use http::header;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::protocols::Stream;
+use std::io;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Pingora's downstream read timeout (60 s by default) also applies to the upgraded bytes, so an
-/// idle WebSocket would be cut at 60 s: replace it with the route's idle timeout.
-pub fn prepare_downstream(session: &mut Session, policy: &WebSocketPolicy) {
-    session.set_read_timeout(Some(policy.idle_timeout));
+/// The largest response head a peer may send to an upgrade.
+const MAX_HEAD: usize = 64 * 1024;
+
+/// What a request's `Upgrade` says.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Upgrade {
+    /// No upgrade, or an upgrade to something other than WebSocket: plain HTTP (Pingora does
+    /// not forward other upgrades), with every route rule applied as to any request.
+    No,
+    /// A well-formed RFC 6455 opening handshake.
+    WebSocket,
+    /// A WebSocket upgrade that is malformed: answer `status` with `why`.
+    Invalid { status: u16, why: &'static str },
 }
 
-/// The peer's `read_timeout` is the plain-HTTP one (per read); on the tunnel it would cut a
-/// quiet peer, so an upgrade reads with the idle timeout instead.
-///
-/// Both are per-direction timers: a connection is closed when either side has sent nothing
-/// for `idle_timeout` (peers that ping keep both directions alive).
-pub fn prepare_upstream(peer: &mut HttpPeer, policy: &WebSocketPolicy) {
-    peer.options.read_timeout = Some(policy.idle_timeout);
-    peer.options.write_timeout = None;
+fn tokens(req: &RequestHeader, name: header::HeaderName) -> impl Iterator<Item = &str> {
+    req.headers
+        .get_all(name)
+        .into_iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+}
+
+/// RFC 6455 section 4.2.1, checked before anything reaches a peer.
+pub fn check(req: &RequestHeader) -> Upgrade {
+    if !tokens(req, header::UPGRADE).any(|t| t.eq_ignore_ascii_case("websocket")) {
+        return Upgrade::No;
+    }
+    let invalid = |why| Upgrade::Invalid { status: 400, why };
+    if req.method != http::Method::GET {
+        return invalid("a websocket upgrade must be a GET\n");
+    }
+    if req.version != http::Version::HTTP_11 {
+        return invalid("a websocket upgrade needs HTTP/1.1\n");
+    }
+    if !tokens(req, header::CONNECTION).any(|t| t.eq_ignore_ascii_case("upgrade")) {
+        return invalid("Connection must contain upgrade\n");
+    }
+    // A body on an upgrade request would be tunnelled as if the client had sent frames.
+    if req.headers.contains_key(header::TRANSFER_ENCODING)
+        || req
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0")
+    {
+        return invalid("a websocket upgrade has no body\n");
+    }
+    let keys: Vec<_> = req
+        .headers
+        .get_all(header::SEC_WEBSOCKET_KEY)
+        .iter()
+        .collect();
+    if keys.len() != 1 || !is_websocket_key(keys[0].as_bytes()) {
+        return invalid("Sec-WebSocket-Key must be 16 bytes in base64\n");
+    }
+    let version = req
+        .headers
+        .get_all(header::SEC_WEBSOCKET_VERSION)
+        .iter()
+        .collect::<Vec<_>>();
+    if version.len() != 1 || version[0].as_bytes() != b"13" {
+        return Upgrade::Invalid {
+            status: 426,
+            why: "unsupported Sec-WebSocket-Version; this server speaks 13\n",
+        };
+    }
+    Upgrade::WebSocket
+}
+
+/// 16 bytes in base64: 22 characters of the alphabet, then `==`.
+fn is_websocket_key(k: &[u8]) -> bool {
+    let k = k.trim_ascii();
+    k.len() == 24
+        && k.ends_with(b"==")
+        && k[..22]
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/')
+}
+
+/// The upgrade request as the peer gets it: hop-by-hop headers removed but for `Upgrade` and
+/// `Connection: Upgrade`, the forwarding headers set, strip_prefix and the route's rules applied.
+pub fn upstream_request(
+    original: &RequestHeader,
+    forwarded: &Forwarded,
+    rules: &HeaderRules,
+    strip: Option<&str>,
+) -> pingora::Result<Vec<u8>> {
+    let mut req = original.clone();
+    let nominated: Vec<String> = tokens(original, header::CONNECTION)
+        .filter(|t| !t.eq_ignore_ascii_case("upgrade"))
+        .map(str::to_owned)
+        .collect();
+    for name in &nominated {
+        req.remove_header(name.as_str());
+    }
+    for name in [
+        "keep-alive",
+        "te",
+        "trailer",
+        "proxy-connection",
+        "transfer-encoding",
+        "content-length",
+    ] {
+        req.remove_header(name);
+    }
+    req.insert_header(header::CONNECTION, "Upgrade")?;
+    headers::apply_forwarded(&mut req, forwarded);
+    let pq = req
+        .uri
+        .path_and_query()
+        .map_or("/", |pq| pq.as_str())
+        .to_owned();
+    let target = match strip {
+        Some(prefix) => routing::strip_prefix(&pq, prefix),
+        None => pq,
+    };
+    rules.apply(&mut req);
+    let mut buf = BytesMut::with_capacity(1024);
+    buf.put_slice(format!("GET {target} HTTP/1.1\r\n").as_bytes());
+    req.header_to_h1_wire(&mut buf);
+    buf.put_slice(b"\r\n");
+    Ok(buf.to_vec())
+}
+
+/// The peer's answer to an upgrade.
+pub struct Answer {
+    pub status: u16,
+    /// The response head exactly as the peer sent it.
+    pub raw_head: Bytes,
+    pub head: ResponseHeader,
+    /// Bytes the peer sent after its head (tunnel data after a 101, or body).
+    pub rest: Bytes,
+}
+
+/// Sends `request` and reads the response head, within `timeout`.
+pub async fn exchange(peer: &mut Stream, request: &[u8], timeout: Duration) -> io::Result<Answer> {
+    peer.write_all(request).await?;
+    peer.flush().await?;
+    let mut buf = BytesMut::with_capacity(2048);
+    let read_head = async {
+        loop {
+            if peer.read_buf(&mut buf).await? == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "peer closed before answering the upgrade",
+                ));
+            }
+            let mut hdrs = [httparse::EMPTY_HEADER; 128];
+            let mut resp = httparse::Response::new(&mut hdrs);
+            match resp.parse(&buf) {
+                Ok(httparse::Status::Complete(len)) => {
+                    let status = resp.code.unwrap_or(0);
+                    let mut head = ResponseHeader::build(status, Some(resp.headers.len()))
+                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+                    for h in resp.headers.iter() {
+                        let _ = head.append_header(h.name.to_owned(), h.value);
+                    }
+                    let raw_head = buf.split_to(len).freeze();
+                    return Ok(Answer {
+                        status,
+                        raw_head,
+                        head,
+                        rest: buf.split().freeze(),
+                    });
+                }
+                Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => continue,
+                Ok(httparse::Status::Partial) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "response head too large",
+                    ))
+                }
+                Err(e) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("bad response head: {e}"),
+                    ))
+                }
+            }
+        }
+    };
+    tokio::time::timeout(timeout, read_head)
+        .await
+        .map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the peer did not answer the upgrade in time",
+            )
+        })?
+}
+
+/// A 101 that really switches to WebSocket (RFC 6455 4.2.2). Anything else is relayed as a
+/// plain response and never tunnelled.
+pub fn is_switch(answer: &Answer) -> bool {
+    let h = &answer.head.headers;
+    let has = |name: header::HeaderName, token: &str| {
+        h.get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case(token))
+    };
+    answer.status == 101 && has(header::UPGRADE, "websocket") && has(header::CONNECTION, "upgrade")
+}
+
+/// Relays a refused upgrade to the client as an HTTP response framed exactly as the peer
+/// framed it, with `Connection: close`; bytes after the response's end are never forwarded.
+/// Returns the body bytes relayed.
+pub async fn relay_refusal(
+    client: &mut Stream,
+    peer: &mut Stream,
+    answer: Answer,
+    rules: &HeaderRules,
+) -> io::Result<u64> {
+    let Answer {
+        status,
+        mut head,
+        rest,
+        ..
+    } = answer;
+    let chunked = head
+        .headers
+        .get(header::TRANSFER_ENCODING)
+        .is_some_and(|v| {
+            v.to_str()
+                .map(|s| s.to_ascii_lowercase().contains("chunked"))
+                .unwrap_or(false)
+        });
+    let length: Option<u64> = head
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.trim().parse().ok());
+    let mut framing =
+        if status == 101 || status == 204 || status == 304 || (100..200).contains(&status) {
+            Framing::Length(0)
+        } else if chunked {
+            Framing::Chunked(Chunked::default())
+        } else if let Some(n) = length {
+            Framing::Length(n)
+        } else {
+            Framing::UntilClose
+        };
+    for name in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "upgrade",
+        "te",
+        "trailer",
+    ] {
+        head.remove_header(name);
+    }
+    if status == 101 {
+        // A 101 that is not a WebSocket switch: refuse it as a bad gateway answer.
+        head.set_status(502)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        let _ = head.insert_header(header::CONTENT_LENGTH, "0");
+    }
+    let _ = head.insert_header(header::CONNECTION, "close");
+    rules.apply(&mut head);
+    let mut out = BytesMut::with_capacity(1024);
+    let reason = head.status.canonical_reason().unwrap_or("");
+    out.put_slice(format!("HTTP/1.1 {} {reason}\r\n", head.status.as_u16()).as_bytes());
+    head.header_to_h1_wire(&mut out);
+    out.put_slice(b"\r\n");
+    client.write_all(&out).await?;
+
+    let mut relayed = 0u64;
+    let mut pending = rest;
+    let mut buf = vec![0u8; 8192];
+    loop {
+        if !pending.is_empty() {
+            let take = framing.take(&pending);
+            client.write_all(&pending[..take]).await?;
+            relayed += take as u64;
+        }
+        if framing.done() {
+            break;
+        }
+        let n = peer.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        pending = Bytes::copy_from_slice(&buf[..n]);
+    }
+    client.flush().await?;
+    client.shutdown().await?;
+    Ok(relayed)
+}
+
+/// How a relayed response's body ends.
+enum Framing {
+    Length(u64),
+    Chunked(Chunked),
+    UntilClose,
+}
+
+impl Framing {
+    /// How many of `data`'s bytes belong to the body.
+    fn take(&mut self, data: &[u8]) -> usize {
+        match self {
+            Framing::Length(n) => {
+                let take = (*n).min(data.len() as u64);
+                *n -= take;
+                take as usize
+            }
+            Framing::Chunked(c) => c.feed(data),
+            Framing::UntilClose => data.len(),
+        }
+    }
+
+    fn done(&self) -> bool {
+        match self {
+            Framing::Length(n) => *n == 0,
+            Framing::Chunked(c) => c.state == ChunkState::Done,
+            Framing::UntilClose => false,
+        }
+    }
+}
+
+#[derive(Default, Debug, PartialEq, Eq, Clone, Copy)]
+enum ChunkState {
+    #[default]
+    Size,
+    /// Chunk extensions, up to the end of the size line.
+    SizeLine,
+    Data,
+    /// The CRLF after a chunk's data.
+    DataEnd,
+    /// Trailer lines after the last chunk; `line_len` counts the current line.
+    Trailer,
+    Done,
+}
+
+/// Finds where a chunked body ends, byte stream in, without buffering it.
+#[derive(Default, Debug)]
+struct Chunked {
+    state: ChunkState,
+    size: u64,
+    line_len: usize,
+}
+
+impl Chunked {
+    /// Consumes `data` up to the end of the body; returns how many bytes belong to it.
+    fn feed(&mut self, data: &[u8]) -> usize {
+        let mut i = 0;
+        while i < data.len() && self.state != ChunkState::Done {
+            let b = data[i];
+            match self.state {
+                ChunkState::Size => match (b as char).to_digit(16) {
+                    Some(d) => {
+                        self.size = self.size.saturating_mul(16).saturating_add(u64::from(d))
+                    }
+                    None if b == b'\n' => self.end_size_line(),
+                    None => self.state = ChunkState::SizeLine,
+                },
+                ChunkState::SizeLine => {
+                    if b == b'\n' {
+                        self.end_size_line();
+                    }
+                }
+                ChunkState::Data => {
+                    let take = (self.size).min((data.len() - i) as u64) as usize;
+                    self.size -= take as u64;
+                    i += take;
+                    if self.size == 0 {
+                        self.state = ChunkState::DataEnd;
+                    }
+                    continue;
+                }
+                ChunkState::DataEnd => {
+                    if b == b'\n' {
+                        self.state = ChunkState::Size;
+                    }
+                }
+                ChunkState::Trailer => {
+                    if b == b'\n' {
+                        if self.line_len == 0 {
+                            self.state = ChunkState::Done;
+                        }
+                        self.line_len = 0;
+                    } else if b != b'\r' {
+                        self.line_len += 1;
+                    }
+                }
+                ChunkState::Done => {}
+            }
+            i += 1;
+        }
+        i
+    }
+
+    fn end_size_line(&mut self) {
+        if self.size == 0 {
+            self.state = ChunkState::Trailer;
+            self.line_len = 0;
+        } else {
+            self.state = ChunkState::Data;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(extra: &[(&str, &str)]) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", b"/ws", None).unwrap();
+        for (k, v) in [
+            ("Host", "x"),
+            ("Upgrade", "websocket"),
+            ("Connection", "keep-alive, Upgrade"),
+            ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ("Sec-WebSocket-Version", "13"),
+        ] {
+            if !extra.iter().any(|(n, _)| n.eq_ignore_ascii_case(k)) {
+                r.insert_header(k.to_owned(), v).unwrap();
+            }
+        }
+        for (k, v) in extra {
+            if !v.is_empty() {
+                r.insert_header(k.to_string(), *v).unwrap();
+            }
+        }
+        r
+    }
+
+    #[test]
+    fn a_valid_handshake_passes() {
+        assert_eq!(check(&req(&[])), Upgrade::WebSocket);
+        assert_eq!(check(&req(&[("Upgrade", "WebSocket")])), Upgrade::WebSocket);
+    }
+
+    #[test]
+    fn other_upgrades_are_plain_http() {
+        assert_eq!(check(&req(&[("Upgrade", "h2c")])), Upgrade::No);
+    }
+
+    #[test]
+    fn malformed_handshakes_are_refused() {
+        let status = |extra: &[(&str, &str)]| match check(&req(extra)) {
+            Upgrade::Invalid { status, .. } => status,
+            other => panic!("{extra:?}: {other:?}"),
+        };
+        assert_eq!(status(&[("Connection", "keep-alive")]), 400);
+        assert_eq!(status(&[("Sec-WebSocket-Key", "")]), 400);
+        assert_eq!(status(&[("Sec-WebSocket-Key", "c2hvcnQ=")]), 400);
+        assert_eq!(
+            status(&[("Sec-WebSocket-Key", "not base64 at all !!!!!==")]),
+            400
+        );
+        assert_eq!(status(&[("Sec-WebSocket-Version", "8")]), 426);
+        assert_eq!(status(&[("Sec-WebSocket-Version", "")]), 426);
+        assert_eq!(status(&[("Content-Length", "5")]), 400);
+        assert_eq!(status(&[("Transfer-Encoding", "chunked")]), 400);
+        let mut post = req(&[]);
+        post.set_method(http::Method::POST);
+        assert!(matches!(check(&post), Upgrade::Invalid { status: 400, .. }));
+    }
+
+    #[test]
+    fn chunked_end_is_found_and_nothing_after_it_is_taken() {
+        let body =
+            b"5\r\nhello\r\n3;ext=1\r\nabc\r\n0\r\nX-T: 1\r\n\r\nGET /smuggled HTTP/1.1\r\n\r\n";
+        let end = body.len() - b"GET /smuggled HTTP/1.1\r\n\r\n".len();
+        for split in [1, 2, 5, body.len()] {
+            let mut c = Chunked::default();
+            let mut taken = 0;
+            for chunk in body.chunks(split) {
+                taken += c.feed(chunk);
+                if c.state == ChunkState::Done {
+                    break;
+                }
+            }
+            assert_eq!(taken, end, "split {split}");
+        }
+    }
 }

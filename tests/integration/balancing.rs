@@ -215,7 +215,14 @@ async fn without_retries_only_the_first_request_to_a_dead_peer_fails() {
     for _ in 0..10 {
         statuses.push(get(proxy.addr, "/", &[]).await.status);
     }
-    assert_eq!(statuses, [502, 200, 200, 200, 200, 200, 200, 200, 200, 200]);
+    // Which peer comes first depends on their addresses (Pingora orders backends), so the one
+    // failure is the first or the second request, never later.
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 502).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert!(statuses[2..].iter().all(|s| *s == 200), "{statuses:?}");
 }
 
 #[tokio::test]
@@ -322,7 +329,7 @@ async fn least_conn_sends_new_connections_to_the_least_busy_peer() {
         proxy
             .logs()
             .lines()
-            .filter(|l| l.contains(&closed_on_x) && l.ends_with(" upgraded"))
+            .filter(|l| l.contains(&closed_on_x) && l.contains(" upgraded"))
             .count()
     };
     eventually("x's tunnels are closed", || async { closed() == 2 }).await;

@@ -408,6 +408,30 @@ impl Load {
     }
 }
 
+/// For a binary upgrade: no failure but, at most, one connection reset at the hand-off
+/// instant. Pingora 0.9.1 drops a connection it accepted but has not read a request from yet
+/// when its shutdown starts (`handle_new_request` races `read_request` with shutdown); a
+/// client whose request was still on its way when the old process stopped sees a reset. The
+/// fix is TCP_DEFER_ACCEPT on the listener, which Pingora's socket options do not offer yet.
+pub fn assert_handoff_failures(samples: &[Sample]) -> usize {
+    let failed: Vec<_> = samples
+        .iter()
+        .filter_map(|s| s.outcome.as_ref().err())
+        .collect();
+    let resets = failed
+        .iter()
+        .filter(|e| e.contains("reset by peer"))
+        .count();
+    assert!(
+        failed.len() == resets && resets <= 1,
+        "{} of {} requests failed: {:?}",
+        failed.len(),
+        samples.len(),
+        &failed[..failed.len().min(10)]
+    );
+    resets
+}
+
 /// Panics listing the failures, if any.
 pub fn assert_no_failures(samples: &[Sample]) {
     let failed: Vec<_> = samples

@@ -1,0 +1,411 @@
+//! The WebSocket tunnel after a 101: bytes both ways, unbuffered and unchanged, owned by
+//! portico rather than Pingora's proxy loop.
+//!
+//! Why our own: an idle connection must cost a few KiB, not Pingora's ~69 KiB of body buffers;
+//! the idle timeout must mean "no byte either way", not a read timeout per direction; and a
+//! drain must end each side with a close frame at a frame boundary.
+//!
+//! How: one future polls both directions. A direction reads into a buffer borrowed from its
+//! worker thread only for the duration of the read, then writes what it read at once; only
+//! bytes the destination cannot take yet are copied into a per-direction `Vec`, freed as soon
+//! as they are written. An idle tunnel therefore holds no buffer at all.
+
+use bytes::Bytes;
+use pingora::protocols::Stream;
+use std::cell::RefCell;
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// The per-thread read buffer: one per worker thread, shared by every tunnel on it.
+const READ_BUF: usize = 16 * 1024;
+
+thread_local! {
+    static SCRATCH: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; READ_BUF].into_boxed_slice());
+}
+
+/// How a tunnel ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// Both sides closed (the normal end, after a close handshake or not).
+    Closed,
+    /// No byte either way for the idle timeout.
+    Idle,
+    /// The process drained: both sides got a 1001 close frame.
+    Drained,
+    /// A read or write failed.
+    Error,
+}
+
+impl End {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            End::Closed => "closed",
+            End::Idle => "idle_timeout",
+            End::Drained => "drained",
+            End::Error => "io_error",
+        }
+    }
+}
+
+pub struct Outcome {
+    pub end: End,
+    /// Bytes from the client to the peer, and from the peer to the client.
+    pub client_to_peer: u64,
+    pub peer_to_client: u64,
+}
+
+/// Where a direction is in the WebSocket frame stream, so a close frame can be slipped in
+/// between two frames and never inside one.
+#[derive(Debug, Default)]
+struct Frames {
+    header: [u8; 14],
+    have: u8,
+    /// Payload bytes left in the current frame (valid once the header is complete).
+    remaining: u64,
+}
+
+impl Frames {
+    fn at_boundary(&self) -> bool {
+        self.have == 0 && self.remaining == 0
+    }
+
+    /// Header length once its first two bytes are known.
+    fn header_len(&self) -> u8 {
+        let len7 = self.header[1] & 0x7f;
+        let ext = match len7 {
+            126 => 2,
+            127 => 8,
+            _ => 0,
+        };
+        2 + ext + if self.header[1] & 0x80 != 0 { 4 } else { 0 }
+    }
+
+    /// Follows `data` through the frame stream. With `stop_at_boundary`, stops at the first
+    /// boundary reached (if any) and returns how many bytes that took.
+    fn feed(&mut self, data: &[u8], stop_at_boundary: bool) -> usize {
+        let mut i = 0;
+        while i < data.len() {
+            if stop_at_boundary && self.at_boundary() && i > 0 {
+                return i;
+            }
+            if self.remaining > 0 {
+                let take = (data.len() - i).min(self.remaining.min(usize::MAX as u64) as usize);
+                self.remaining -= take as u64;
+                i += take;
+                continue;
+            }
+            self.header[self.have as usize] = data[i];
+            self.have += 1;
+            i += 1;
+            if self.have >= 2 && self.have == self.header_len() {
+                let len7 = self.header[1] & 0x7f;
+                self.remaining = match len7 {
+                    126 => u64::from(u16::from_be_bytes([self.header[2], self.header[3]])),
+                    127 => u64::from_be_bytes(self.header[2..10].try_into().expect("8 bytes")),
+                    n => u64::from(n),
+                };
+                self.have = 0;
+            }
+        }
+        i
+    }
+}
+
+/// A close frame with code 1001 (going away); masked when it goes to the peer, as a client's.
+fn close_frame(masked: bool) -> Vec<u8> {
+    let reason = b"going away";
+    let mut payload = 1001u16.to_be_bytes().to_vec();
+    payload.extend_from_slice(reason);
+    let mut frame = vec![0x88, payload.len() as u8 | if masked { 0x80 } else { 0 }];
+    if masked {
+        let key: [u8; 4] = rand_key();
+        frame.extend_from_slice(&key);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    } else {
+        frame.extend_from_slice(&payload);
+    }
+    frame
+}
+
+/// A masking key need not be secret for a close frame sent once; it must only vary.
+fn rand_key() -> [u8; 4] {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .subsec_nanos();
+    (nanos ^ 0x5bd1_e995).to_le_bytes()
+}
+
+#[derive(Default)]
+struct Direction {
+    /// Bytes read but not yet written; empty (no allocation) when caught up.
+    pending: Vec<u8>,
+    sent: usize,
+    needs_flush: bool,
+    eof: bool,
+    done: bool,
+    frames: Frames,
+    bytes: u64,
+    /// Draining: after this direction's close frame, nothing more is forwarded.
+    closed_by_us: bool,
+}
+
+impl Direction {
+    /// Moves bytes from `src` to `dst` until one of them would block. `Ready` when this
+    /// direction is finished (source ended and destination shut down).
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+        src: &mut Stream,
+        dst: &mut Stream,
+        drain: Option<&[u8]>,
+        active: &mut bool,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            while self.sent < self.pending.len() {
+                let n = ready!(Pin::new(&mut *dst).poll_write(cx, &self.pending[self.sent..]))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                self.sent += n;
+            }
+            if !self.pending.is_empty() {
+                self.pending = Vec::new();
+                self.sent = 0;
+            }
+            if self.needs_flush {
+                ready!(Pin::new(&mut *dst).poll_flush(cx))?;
+                self.needs_flush = false;
+            }
+            if self.done {
+                return Poll::Ready(Ok(()));
+            }
+            if let Some(close) = drain {
+                if !self.closed_by_us && self.frames.at_boundary() {
+                    self.pending = close.to_vec();
+                    self.closed_by_us = true;
+                    self.eof = true;
+                    self.needs_flush = true;
+                    continue;
+                }
+            }
+            if self.eof {
+                ready!(Pin::new(&mut *dst).poll_shutdown(cx))?;
+                self.done = true;
+                return Poll::Ready(Ok(()));
+            }
+            let draining = drain.is_some();
+            let step = SCRATCH.with(|scratch| {
+                let mut scratch = scratch.borrow_mut();
+                let mut buf = ReadBuf::new(&mut scratch[..]);
+                ready!(Pin::new(&mut *src).poll_read(cx, &mut buf))?;
+                let data = buf.filled();
+                if data.is_empty() {
+                    self.eof = true;
+                    return Poll::Ready(Ok(()));
+                }
+                *active = true;
+                // Draining: forward only up to the end of the current frame, then close.
+                let upto = self.frames.feed(data, draining);
+                let data = &data[..upto];
+                self.bytes += data.len() as u64;
+                let mut off = 0;
+                while off < data.len() {
+                    match Pin::new(&mut *dst).poll_write(cx, &data[off..]) {
+                        Poll::Ready(Ok(0)) => {
+                            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()))
+                        }
+                        Poll::Ready(Ok(n)) => off += n,
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Pending => break,
+                    }
+                }
+                if off < data.len() {
+                    self.pending = data[off..].to_vec();
+                }
+                self.needs_flush = true;
+                Poll::Ready(Ok(()))
+            });
+            ready!(step)?;
+        }
+    }
+}
+
+/// Runs the tunnel until both sides close, the idle timeout passes with no byte either way,
+/// or `drain_at` (the end of the grace period) arrives; then both sides get a 1001 close at
+/// a frame boundary, waiting at most `drain_limit` for a frame in flight to end.
+/// `to_client_first` holds bytes the peer sent right after its 101 head.
+pub async fn run(
+    mut client: Stream,
+    mut peer: Stream,
+    to_client_first: Bytes,
+    idle: Duration,
+    mut drain_at: tokio::sync::watch::Receiver<Option<Instant>>,
+    drain_limit: Duration,
+) -> Outcome {
+    let mut c2p = Direction::default();
+    let mut p2c = Direction {
+        pending: to_client_first.to_vec(),
+        needs_flush: !to_client_first.is_empty(),
+        ..Default::default()
+    };
+    p2c.frames.feed(&to_client_first, false);
+    p2c.bytes = to_client_first.len() as u64;
+    let to_peer_close = close_frame(true);
+    let to_client_close = close_frame(false);
+
+    let mut last_active = Instant::now();
+    let idle_sleep = tokio::time::sleep(idle);
+    tokio::pin!(idle_sleep);
+    let mut draining = false;
+    let mut hard_stop: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    let mut drain_sleep: Option<Pin<Box<tokio::time::Sleep>>> = None;
+
+    let end = loop {
+        let pumped = poll_fn(|cx| {
+            let mut active = false;
+            let (c_close, p_close) = if draining {
+                (Some(&to_peer_close[..]), Some(&to_client_close[..]))
+            } else {
+                (None, None)
+            };
+            let a = c2p.poll(cx, &mut client, &mut peer, c_close, &mut active);
+            let b = p2c.poll(cx, &mut peer, &mut client, p_close, &mut active);
+            if active {
+                last_active = Instant::now();
+            }
+            // One side closing ends a WebSocket (a half-open one is of no use, as nginx and
+            // HAProxy also decide); a drain ends once both close frames are out.
+            match (a, b) {
+                (Poll::Ready(Err(_)), _) | (_, Poll::Ready(Err(_))) => Poll::Ready(Err(())),
+                (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => Poll::Ready(Ok(())),
+                (Poll::Ready(Ok(())), _) | (_, Poll::Ready(Ok(()))) if !draining => {
+                    Poll::Ready(Ok(()))
+                }
+                _ => Poll::Pending,
+            }
+        });
+        let awaiting_drain = drain_sleep.is_none();
+        let drain_deadline = async {
+            match &mut drain_sleep {
+                Some(s) => s.as_mut().await,
+                None => std::future::pending().await,
+            }
+        };
+        let hard = async {
+            match &mut hard_stop {
+                Some(s) => s.as_mut().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = pumped => break match r {
+                Ok(()) if draining => End::Drained,
+                Ok(()) => End::Closed,
+                Err(()) => End::Error,
+            },
+            _ = &mut idle_sleep, if !draining => {
+                let deadline = last_active + idle;
+                if Instant::now() >= deadline {
+                    break End::Idle;
+                }
+                idle_sleep.as_mut().reset(deadline.into());
+            }
+            changed = drain_at.changed(), if awaiting_drain => {
+                match (changed, *drain_at.borrow()) {
+                    (Ok(()), Some(at)) => drain_sleep = Some(Box::pin(tokio::time::sleep_until(at.into()))),
+                    (Ok(()), None) => {}
+                    // The sender is gone: the process is ending; drain now.
+                    (Err(_), _) => drain_sleep = Some(Box::pin(tokio::time::sleep(Duration::ZERO))),
+                }
+            }
+            _ = drain_deadline, if !draining => {
+                draining = true;
+                hard_stop = Some(Box::pin(tokio::time::sleep(drain_limit)));
+            }
+            _ = hard, if draining => break End::Drained,
+        }
+    };
+    Outcome {
+        end,
+        client_to_peer: c2p.bytes,
+        peer_to_client: p2c.bytes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(payload_len: usize, masked: bool) -> Vec<u8> {
+        let mut f = vec![0x82];
+        let m = if masked { 0x80 } else { 0 };
+        match payload_len {
+            n if n < 126 => f.push(m | n as u8),
+            n if n <= 0xffff => {
+                f.push(m | 126);
+                f.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                f.push(m | 127);
+                f.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        if masked {
+            f.extend_from_slice(&[1, 2, 3, 4]);
+        }
+        f.extend(std::iter::repeat_n(7u8, payload_len));
+        f
+    }
+
+    #[test]
+    fn boundaries_are_found_across_any_split() {
+        let mut stream = Vec::new();
+        for (len, masked) in [
+            (0, false),
+            (5, true),
+            (125, false),
+            (126, true),
+            (70_000, false),
+            (3, true),
+        ] {
+            stream.extend(frame(len, masked));
+        }
+        for split in [1, 2, 3, 7, 100, 4096, stream.len()] {
+            let mut f = Frames::default();
+            for chunk in stream.chunks(split) {
+                f.feed(chunk, false);
+            }
+            assert!(f.at_boundary(), "split {split}");
+        }
+        let mut f = Frames::default();
+        f.feed(&stream[..stream.len() - 1], false);
+        assert!(!f.at_boundary());
+    }
+
+    #[test]
+    fn stop_at_boundary_stops_after_the_current_frame() {
+        let mut stream = frame(10, true);
+        let first = stream.len();
+        stream.extend(frame(20, true));
+        let mut f = Frames::default();
+        assert_eq!(f.feed(&stream[..5], true), 5);
+        assert_eq!(f.feed(&stream[5..], true), first - 5);
+        assert!(f.at_boundary());
+    }
+
+    #[test]
+    fn close_frames_say_1001() {
+        let c = close_frame(false);
+        assert_eq!(&c[..4], &[0x88, 12, 0x03, 0xe9]);
+        let m = close_frame(true);
+        assert_eq!(m[1], 0x80 | 12);
+        let key = &m[2..6];
+        let code = [m[6] ^ key[0], m[7] ^ key[1]];
+        assert_eq!(u16::from_be_bytes(code), 1001);
+    }
+}
