@@ -9,7 +9,7 @@
 //!   [`handoff`]: `-u` finds the old process and signals it once ready for its sockets.
 //! - [`proxy`]: the `ProxyHttp` hooks. A request loads the snapshot once (`new_ctx`), then:
 //!   1. `request_filter`: client IP through trusted proxies ([`headers`]), route by host and
-//!      path ([`routing`]), answer 404 / 301 / 403 / 401 itself ([`auth`]); a valid WebSocket
+//!      path ([`routing`]), answer 404 / 301 / 403 / 401 / 429 itself ([`auth`], [`limits`]); a valid WebSocket
 //!      upgrade is taken over here ([`websocket`]): handshake with a peer, then [`tunnel`];
 //!   2. `upstream_peer`: pick a healthy, untried peer of the route's group ([`upstream`]);
 //!      `fail_to_connect` retries another peer;
@@ -30,6 +30,7 @@ pub mod config;
 pub mod drain;
 pub mod handoff;
 pub mod headers;
+pub mod limits;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;

@@ -5,6 +5,7 @@
 use crate::accesslog::{self, Entry};
 use crate::drain;
 use crate::headers::{self, Forwarded};
+use crate::limits::{self, ConnectionSlot};
 use crate::metrics::{status_class, METRICS};
 use crate::routing;
 use crate::snapshot::{Route, SharedSnapshot, Snapshot};
@@ -56,6 +57,8 @@ pub struct RequestCtx {
     /// the tunnel went.
     ws_status: Option<u16>,
     tunnel: Option<Outcome>,
+    /// Counts this upgrade against the route's `max_connections` for its client.
+    connection_slot: Option<ConnectionSlot>,
 }
 
 impl RequestCtx {
@@ -105,6 +108,7 @@ impl ProxyHttp for Portico {
             connected: None,
             ws_status: None,
             tunnel: None,
+            connection_slot: None,
         }
     }
 
@@ -173,9 +177,41 @@ impl ProxyHttp for Portico {
                 .await;
             }
         }
+        if let Some(limits) = &route.limits {
+            if let Err(wait) = limits.check_rate(ctx.client_ip) {
+                let retry_after = (header::RETRY_AFTER, wait.as_secs().max(1).to_string());
+                return reject(
+                    session,
+                    ctx,
+                    "rate_limit",
+                    429,
+                    "too many requests\n",
+                    Some(retry_after),
+                )
+                .await;
+            }
+            if let (Upgrade::WebSocket, Some(max)) = (&upgrade, limits.max_connections) {
+                match limits::acquire_connection(&route.key, ctx.client_ip, max) {
+                    Some(slot) => ctx.connection_slot = Some(slot),
+                    None => {
+                        return reject(
+                            session,
+                            ctx,
+                            "max_connections",
+                            429,
+                            "too many open connections\n",
+                            None,
+                        )
+                        .await
+                    }
+                }
+            }
+        }
         match upgrade {
             Upgrade::No => Ok(false),
             Upgrade::Invalid { status, why } => {
+                // A client that got the handshake wrong may have sent anything after it.
+                session.set_keepalive(None);
                 let version =
                     (status == 426).then(|| (header::SEC_WEBSOCKET_VERSION, "13".to_owned()));
                 reject(session, ctx, "bad_upgrade", status, why, version).await

@@ -5,6 +5,7 @@ use crate::auth::BearerTokens;
 use crate::config::schema::{AccessLogSection, ServerSection};
 use crate::config::{validate, ConfigErrors, Loaded};
 use crate::headers::{HeaderRules, TrustedProxies};
+use crate::limits::Limits;
 use crate::routing::Router;
 use crate::upstream::UpstreamGroup;
 use arc_swap::ArcSwap;
@@ -48,6 +49,9 @@ pub struct Route {
     pub request_headers: HeaderRules,
     pub response_headers: HeaderRules,
     pub auth: Option<BearerTokens>,
+    pub limits: Option<Limits>,
+    /// The name as a shared key (connection counts survive reloads by name).
+    pub key: Arc<str>,
     pub strip_prefix: bool,
     pub redirect_https: bool,
 }
@@ -214,7 +218,6 @@ impl Snapshot {
                         errs.push(format!("{p}.{key}"), "must be at least 1");
                     }
                 }
-                log::warn!("{p}: rate limits are parsed but not enforced yet");
             }
             if errs.0.len() > before {
                 continue;
@@ -234,6 +237,8 @@ impl Snapshot {
             }
             router.add(host.as_deref(), &prefix, routes.len());
             routes.push(Route {
+                key: Arc::from(name.as_str()),
+                limits: r.rate_limit.as_ref().map(Limits::new),
                 name,
                 path_prefix: prefix,
                 upstream,

@@ -147,7 +147,8 @@ impl HealthCheck for Counted {
     }
 }
 
-/// Runs the health checks of whichever groups the current snapshot holds; groups come and go
+/// Runs the health checks of whichever groups the current snapshot holds (and, on the same
+/// tick, lets the rate limiters forget clients that went quiet); groups come and go
 /// with reloads, so it reads the snapshot on every tick instead of owning a fixed list.
 pub struct HealthService {
     pub snapshot: SharedSnapshot,
@@ -171,6 +172,9 @@ impl HealthService {
     fn tick(&self) -> Duration {
         let snapshot = self.snapshot.load_full();
         let now = Instant::now();
+        for limits in snapshot.routes.iter().filter_map(|r| r.limits.as_ref()) {
+            limits.forget_idle_clients();
+        }
         let mut wait = MAX_TICK;
         for group in snapshot.upstreams.values() {
             let Some(schedule) = &group.health else {

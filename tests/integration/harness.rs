@@ -20,18 +20,24 @@ pub struct Proxy {
     pub conf: PathBuf,
     log: PathBuf,
     child: Child,
+    grace: String,
 }
 
 impl Proxy {
     /// Starts portico with `body` (upstreams, routes, ...) below a generated `server:` and one
     /// plain listener on a free loopback port. Panics with the process log if it never listens.
     pub async fn start(body: &str) -> Proxy {
+        Self::start_with_grace("1s", body).await
+    }
+
+    /// The same with another `server.grace_period`.
+    pub async fn start_with_grace(grace: &str, body: &str) -> Proxy {
         for _ in 0..3 {
             let dir = tempfile::tempdir().unwrap();
             let addr = proxy_addr();
             let conf = dir.path().join("portico.yaml");
-            std::fs::write(&conf, config_text(dir.path(), addr, body)).unwrap();
-            match Self::spawn(dir, conf, addr).await {
+            std::fs::write(&conf, config_text(dir.path(), addr, grace, body)).unwrap();
+            match Self::spawn(dir, conf, addr, grace).await {
                 Ok(p) => return p,
                 Err(log) if log.contains("Address already in use") => continue,
                 Err(log) => panic!("portico did not start:\n{log}"),
@@ -44,6 +50,7 @@ impl Proxy {
         dir: tempfile::TempDir,
         conf: PathBuf,
         addr: SocketAddr,
+        grace: &str,
     ) -> Result<Proxy, String> {
         let log = dir.path().join("portico.log");
         let out = std::fs::File::create(&log).unwrap();
@@ -61,6 +68,7 @@ impl Proxy {
             conf,
             log,
             child,
+            grace: grace.to_owned(),
         };
         let deadline = Instant::now() + IO_TIMEOUT;
         while Instant::now() < deadline {
@@ -98,7 +106,11 @@ impl Proxy {
 
     /// Rewrites the config file with a new body (same server and listener sections).
     pub fn rewrite(&self, body: &str) {
-        std::fs::write(&self.conf, config_text(self.dir.path(), self.addr, body)).unwrap();
+        std::fs::write(
+            &self.conf,
+            config_text(self.dir.path(), self.addr, &self.grace, body),
+        )
+        .unwrap();
     }
 
     /// Polls until the log contains `needle`, up to `IO_TIMEOUT`.
@@ -173,9 +185,9 @@ impl Drop for Proxy {
     }
 }
 
-fn config_text(dir: &Path, addr: SocketAddr, body: &str) -> String {
+fn config_text(dir: &Path, addr: SocketAddr, grace: &str, body: &str) -> String {
     format!(
-        "server:\n  threads: 1\n  pid_file: {d}/portico.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period: 1s\n  graceful_shutdown_timeout: 1s\nlisteners:\n  - address: {addr}\n{body}",
+        "server:\n  threads: 1\n  pid_file: {d}/portico.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period: {grace}\n  graceful_shutdown_timeout: 1s\nlisteners:\n  - address: {addr}\n{body}",
         d = dir.display()
     )
 }
@@ -325,6 +337,36 @@ pub async fn send_raw(addr: SocketAddr, src: Option<IpAddr>, raw: &[u8]) -> Vec<
         .expect("response timed out")
         .ok();
     out
+}
+
+/// Writes raw bytes and reads exactly one response (by its Content-Length), leaving the
+/// connection as the server left it; returns the response and the stream.
+pub async fn send_one(addr: SocketAddr, raw: &str) -> (Resp, TcpStream) {
+    let mut stream = connect(addr, None).await;
+    stream.write_all(raw.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    loop {
+        if let Some(r) = parse_response(&buf) {
+            let want: usize = r
+                .header("content-length")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            if r.body.len() >= want {
+                return (r, stream);
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(IO_TIMEOUT, stream.read(&mut chunk))
+            .await
+            .expect("response timed out")
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed before a whole response: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    }
 }
 
 /// One `GET` that reports failure instead of panicking (for load loops).

@@ -215,12 +215,15 @@ async fn read_chunked(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Res
 
 /// A WebSocket echo origin (tokio-tungstenite). Echoes text and binary messages; answers the
 /// text `whoami` with its name and `headers` with the upgrade request's headers as JSON;
-/// `close:CODE:REASON` makes it close with that code and reason.
+/// `close:CODE:REASON` makes it close with that code and reason; `tick:N:MS` makes it send N
+/// messages MS ms apart. Close frames it receives are recorded.
 pub struct WsOrigin {
     pub addr: SocketAddr,
     pub name: String,
     /// The headers of the last upgrade request received.
     pub last_request: Arc<Mutex<Vec<(String, String)>>>,
+    /// The close frames received from clients, in order.
+    pub closes: Arc<Mutex<Vec<(u16, String)>>>,
     task: JoinHandle<()>,
 }
 
@@ -233,12 +236,17 @@ impl WsOrigin {
         let listener = TcpListener::bind(addr).await.expect("bind ws origin");
         let addr = listener.local_addr().unwrap();
         let last_request = Arc::new(Mutex::new(Vec::new()));
-        let (n, last) = (name.to_owned(), Arc::clone(&last_request));
+        let closes = Arc::new(Mutex::new(Vec::new()));
+        let (n, last, cl) = (
+            name.to_owned(),
+            Arc::clone(&last_request),
+            Arc::clone(&closes),
+        );
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let (n, last) = (n.clone(), Arc::clone(&last));
+                let (n, last, cl) = (n.clone(), Arc::clone(&last), Arc::clone(&cl));
                 tokio::spawn(async move {
-                    let _ = serve_ws(stream, &n, &last).await;
+                    let _ = serve_ws(stream, &n, &last, &cl).await;
                 });
             }
         });
@@ -246,6 +254,7 @@ impl WsOrigin {
             addr,
             name: name.to_owned(),
             last_request,
+            closes,
             task,
         }
     }
@@ -261,6 +270,7 @@ async fn serve_ws(
     stream: TcpStream,
     name: &str,
     last: &Mutex<Vec<(String, String)>>,
+    closes: &Mutex<Vec<(u16, String)>>,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let mut seen = Vec::new();
     let callback = |req: &Request, mut resp: Response| {
@@ -305,6 +315,20 @@ async fn serve_ws(
                 })))
                 .await?;
             }
+            Message::Text(t) if t.as_str().starts_with("tick:") => {
+                // tick:N:MS sends N messages MS milliseconds apart, the client silent.
+                let mut parts = t.as_str().split(':').skip(1);
+                let n: u32 = parts.next().unwrap_or("1").parse()?;
+                let ms: u64 = parts.next().unwrap_or("100").parse()?;
+                for i in 0..n {
+                    tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                    ws.send(Message::text(format!("tick {i}"))).await?;
+                }
+            }
+            Message::Close(Some(f)) => closes
+                .lock()
+                .unwrap()
+                .push((u16::from(f.code), f.reason.to_string())),
             m @ (Message::Text(_) | Message::Binary(_)) => ws.send(m).await?,
             _ => {}
         }

@@ -1,0 +1,303 @@
+//! WebSocket upgrades as a hostile client and a misbehaving origin try them, idle connections
+//! over long periods, and the drain: 1001 close frames both ways, exit once nothing is open.
+
+use crate::harness::*;
+use crate::origins::{HttpOrigin, WsOrigin};
+use futures_util::{SinkExt, StreamExt};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+
+const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+fn upgrade_request(path: &str, extra: &[(&str, &str)]) -> String {
+    let mut headers = vec![
+        ("Host", "test.local"),
+        ("Upgrade", "websocket"),
+        ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Key", KEY),
+        ("Sec-WebSocket-Version", "13"),
+    ];
+    for (k, v) in extra {
+        headers.retain(|(n, _)| !n.eq_ignore_ascii_case(k));
+        if !v.is_empty() {
+            headers.push((k, v));
+        }
+    }
+    let mut text = format!("GET {path} HTTP/1.1\r\n");
+    for (k, v) in headers {
+        text.push_str(&format!("{k}: {v}\r\n"));
+    }
+    text.push_str("\r\n");
+    text
+}
+
+/// A client that gets the handshake wrong: each is answered by portico, no peer is contacted.
+#[tokio::test]
+async fn malformed_upgrades_are_refused_before_any_peer() {
+    let origin = HttpOrigin::start("a").await;
+    let proxy = Proxy::start(&format!(
+        "upstreams:\n  app: {{peers: ['{}']}}\nroutes:\n  - {{upstream: app}}\n",
+        origin.addr
+    ))
+    .await;
+    let cases: Vec<(String, u16)> = vec![
+        (upgrade_request("/", &[("Sec-WebSocket-Key", "")]), 400),
+        (
+            upgrade_request("/", &[("Sec-WebSocket-Key", "c2hvcnQ=")]),
+            400,
+        ),
+        (upgrade_request("/", &[("Connection", "keep-alive")]), 400),
+        (upgrade_request("/", &[("Sec-WebSocket-Version", "8")]), 426),
+        (upgrade_request("/", &[("Sec-WebSocket-Version", "")]), 426),
+        (
+            upgrade_request("/", &[("Content-Length", "5")]).replace("\r\n\r\n", "\r\n\r\nhello"),
+            400,
+        ),
+        (upgrade_request("/", &[]).replacen("GET", "POST", 1), 400),
+    ];
+    for (raw, want) in cases {
+        let (r, _) = send_one(proxy.addr, &raw).await;
+        assert_eq!(r.status, want, "{raw}");
+        if want == 426 {
+            assert_eq!(r.header("sec-websocket-version"), Some("13"));
+        }
+    }
+    assert_eq!(origin.hits(), 0, "a malformed upgrade reached the origin");
+    // And the proxy serves on.
+    assert_eq!(get(proxy.addr, "/", &[]).await.status, 200);
+}
+
+/// A known bypass in another Pingora proxy: `Upgrade: x` skipped authentication.
+#[tokio::test]
+async fn any_upgrade_value_meets_the_routes_auth() {
+    let origin = HttpOrigin::start("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "t0k3n\n").unwrap();
+    let proxy = Proxy::start(&format!(
+        "upstreams:\n  app: {{peers: ['{}']}}\nroutes:\n  - {{upstream: app, auth: {{bearer_tokens_file: '{}'}}}}\n",
+        origin.addr,
+        tokens.display()
+    ))
+    .await;
+    for upgrade in ["x", "h2c", "websocket, x", "WebSocket"] {
+        let (r, _) = send_one(proxy.addr, &upgrade_request("/", &[("Upgrade", upgrade)])).await;
+        assert_eq!(r.status, 401, "Upgrade: {upgrade}");
+    }
+    assert_eq!(origin.hits(), 0);
+}
+
+/// WebSocket smuggling: the origin answers 200 to an upgrade and the client pipelines a second
+/// request behind it, hoping for a raw tunnel past the routing and auth of `/admin/`.
+#[tokio::test]
+async fn a_refused_upgrade_is_never_a_tunnel() {
+    let origin = HttpOrigin::start("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens");
+    std::fs::write(&tokens, "t0k3n\n").unwrap();
+    let proxy = Proxy::start(&format!(
+        "upstreams:\n  app: {{peers: ['{}']}}\nroutes:\n  - {{path_prefix: /, upstream: app}}\n  - {{path_prefix: /admin/, upstream: app, auth: {{bearer_tokens_file: '{}'}}}}\n",
+        origin.addr,
+        tokens.display()
+    ))
+    .await;
+    let mut stream = connect(proxy.addr, None).await;
+    stream
+        .write_all(upgrade_request("/ws", &[]).as_bytes())
+        .await
+        .unwrap();
+    let mut first = vec![0u8; 4096];
+    let n = tokio::time::timeout(IO_TIMEOUT, stream.read(&mut first))
+        .await
+        .unwrap()
+        .unwrap();
+    // The second request goes out after the 200 arrived, as an attacker with a raw socket would.
+    let _ = stream
+        .write_all(b"GET /admin/secret HTTP/1.1\r\nHost: test.local\r\n\r\n")
+        .await;
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(IO_TIMEOUT, stream.read_to_end(&mut rest))
+        .await
+        .expect("the connection was left open");
+    let mut all = first[..n].to_vec();
+    all.extend_from_slice(&rest);
+    let r = parse_response(&all).unwrap();
+    assert_eq!(r.status, 200, "the origin's answer is relayed");
+    assert_eq!(r.header("connection"), Some("close"));
+    assert_eq!(r.json()["path"], "/ws");
+    let body_len: usize = r.header("content-length").unwrap().parse().unwrap();
+    assert_eq!(
+        r.body.len(),
+        body_len,
+        "nothing follows the response on that connection"
+    );
+    assert_eq!(origin.hits(), 1, "the smuggled request reached the origin");
+}
+
+#[tokio::test]
+async fn subprotocol_and_extension_offers_reach_the_peer_untouched() {
+    let origin = WsOrigin::start("echo").await;
+    let proxy = Proxy::start(&format!(
+        "upstreams:\n  echo: {{peers: ['{}']}}\nroutes:\n  - {{upstream: echo}}\n",
+        origin.addr
+    ))
+    .await;
+    let ext = "permessage-deflate; client_max_window_bits";
+    let (mut ws, resp) = ws_connect(
+        proxy.addr,
+        "/",
+        &[
+            ("Sec-WebSocket-Extensions", ext),
+            ("Sec-WebSocket-Protocol", "v2.chat, v1.chat"),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.headers()["sec-websocket-protocol"], "v2.chat");
+    ws.send(Message::text("headers")).await.unwrap();
+    let seen: Vec<(String, String)> =
+        serde_json::from_str(&ws.next().await.unwrap().unwrap().into_text().unwrap()).unwrap();
+    let get = |k: &str| {
+        seen.iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(k))
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(get("sec-websocket-extensions").as_deref(), Some(ext));
+    assert_eq!(
+        get("sec-websocket-protocol").as_deref(),
+        Some("v2.chat, v1.chat")
+    );
+}
+
+/// Pingora's downstream read timeout (60 s) would cut this connection; portico's tunnel must not.
+#[tokio::test]
+async fn an_idle_websocket_lives_past_70_seconds() {
+    let origin = WsOrigin::start("echo").await;
+    let proxy = Proxy::start(&format!("upstreams:\n  echo: {{peers: ['{}'], read_timeout: 5s}}\nroutes:\n  - {{upstream: echo}}\n", origin.addr)).await;
+    let (mut ws, _) = ws_connect(proxy.addr, "/", &[]).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(70)).await; // the idle period under test
+    ws.send(Message::text("after 70 s")).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::text("after 70 s")
+    );
+}
+
+/// The idle timeout means no byte either way: a peer that talks keeps a silent client's
+/// connection open, and the connection closes once both are quiet.
+#[tokio::test]
+async fn idle_timeout_counts_traffic_in_either_direction() {
+    let origin = WsOrigin::start("echo").await;
+    let proxy = Proxy::start(&format!(
+        "upstreams:\n  echo: {{peers: ['{}']}}\nroutes:\n  - {{upstream: echo, websocket: {{idle_timeout: 1s}}}}\n",
+        origin.addr
+    ))
+    .await;
+    let (mut ws, _) = ws_connect(proxy.addr, "/", &[]).await.unwrap();
+    ws.send(Message::text("tick:8:300")).await.unwrap(); // 2.4 s of server-only traffic
+    for i in 0..8 {
+        assert_eq!(
+            ws.next().await.unwrap().unwrap(),
+            Message::text(format!("tick {i}"))
+        );
+    }
+    let quiet = Instant::now();
+    let end = tokio::time::timeout(IO_TIMEOUT, ws.next())
+        .await
+        .expect("never closed");
+    assert!(!matches!(end, Some(Ok(Message::Text(_)))), "{end:?}");
+    assert!(
+        quiet.elapsed() >= Duration::from_millis(900),
+        "closed {:?} after the last byte",
+        quiet.elapsed()
+    );
+}
+
+/// At the end of the grace period both sides get a 1001 close, so both know to reconnect.
+#[tokio::test]
+async fn draining_closes_websockets_with_1001_both_ways() {
+    let origin = WsOrigin::start("echo").await;
+    let mut proxy = Proxy::start_with_grace(
+        "2s",
+        &format!(
+            "upstreams:\n  echo: {{peers: ['{}']}}\nroutes:\n  - {{upstream: echo}}\n",
+            origin.addr
+        ),
+    )
+    .await;
+    let (mut ws, _) = ws_connect(proxy.addr, "/", &[]).await.unwrap();
+    proxy.signal("TERM");
+    let signalled = Instant::now();
+    ws.send(Message::text("during the grace period"))
+        .await
+        .unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::text("during the grace period")
+    );
+    let msg = tokio::time::timeout(IO_TIMEOUT, ws.next())
+        .await
+        .expect("no close frame")
+        .unwrap()
+        .unwrap();
+    match msg {
+        Message::Close(Some(f)) => {
+            assert_eq!((f.code, f.reason.as_str()), (CloseCode::Away, "going away"))
+        }
+        other => panic!("expected a 1001 close, got {other:?}"),
+    }
+    let waited = signalled.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1200) && waited < Duration::from_secs(3),
+        "closed after {waited:?}"
+    );
+    eventually("the peer got a 1001 close", || async {
+        origin
+            .closes
+            .lock()
+            .unwrap()
+            .contains(&(1001, "going away".to_owned()))
+    })
+    .await;
+    proxy
+        .wait_exit(Duration::from_secs(5))
+        .await
+        .expect("exits after draining");
+}
+
+/// Pingora sleeps out the whole grace period; portico exits once the last connection is gone.
+#[tokio::test]
+async fn a_drained_process_exits_when_its_last_websocket_closes() {
+    let origin = WsOrigin::start("echo").await;
+    let mut proxy = Proxy::start_with_grace(
+        "60s",
+        &format!(
+            "upstreams:\n  echo: {{peers: ['{}']}}\nroutes:\n  - {{upstream: echo}}\n",
+            origin.addr
+        ),
+    )
+    .await;
+    let (mut ws, _) = ws_connect(proxy.addr, "/", &[]).await.unwrap();
+    proxy.signal("TERM");
+    proxy.wait_for_log("draining").await;
+    tokio::time::sleep(Duration::from_millis(1500)).await; // longer than the quiet spell
+    assert!(proxy.is_running(), "exited with a WebSocket still open");
+    ws.send(Message::text("still served")).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::text("still served")
+    );
+    ws.close(None).await.unwrap();
+    let closed = Instant::now();
+    proxy
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("still running after its last connection closed");
+    assert!(
+        closed.elapsed() < Duration::from_secs(5),
+        "took {:?} of a 60 s grace period",
+        closed.elapsed()
+    );
+}
