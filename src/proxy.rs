@@ -9,7 +9,7 @@ use crate::limits::{self, ConnectionSlot};
 use crate::metrics::{status_class, METRICS};
 use crate::routing;
 use crate::snapshot::{Route, SharedSnapshot, Snapshot};
-use crate::tunnel::{self, Outcome};
+use crate::tunnel;
 use crate::upstream::InflightGuard;
 use crate::websocket::{self, Upgrade};
 use async_trait::async_trait;
@@ -47,16 +47,16 @@ pub struct RequestCtx {
     tried: Vec<SocketAddr>,
     /// Counts this request (or tunnel) on its peer until the context drops.
     inflight: Option<InflightGuard>,
-    /// Open-WebSocket gauge, decremented when the context (so the tunnel) drops.
-    websocket_open: Option<GaugeGuard>,
-    _in_flight: GaugeGuard,
+    /// Counts this request as in flight; a tunnel takes it along to its own task.
+    in_flight: Option<GaugeGuard>,
+    /// A 101 was relayed and the tunnel runs in its own task, which accounts for it at the end.
+    handed_off: bool,
     started: Instant,
     connect_started: Option<Instant>,
     connected: Option<Instant>,
     /// A WebSocket upgrade portico answered itself: the status sent and, after a 101, how
     /// the tunnel went.
     ws_status: Option<u16>,
-    tunnel: Option<Outcome>,
     /// Counts this upgrade against the route's `max_connections` for its client.
     connection_slot: Option<ConnectionSlot>,
 }
@@ -101,13 +101,12 @@ impl ProxyHttp for Portico {
             upgrade: false,
             tried: Vec::new(),
             inflight: None,
-            websocket_open: None,
-            _in_flight: GaugeGuard::new(METRICS.requests_in_flight.clone()),
+            in_flight: Some(GaugeGuard::new(METRICS.requests_in_flight.clone())),
+            handed_off: false,
             started: Instant::now(),
             connect_started: None,
             connected: None,
             ws_status: None,
-            tunnel: None,
             connection_slot: None,
         }
     }
@@ -351,58 +350,35 @@ impl ProxyHttp for Portico {
 
     /// Metrics and one access-log line per request; for an upgrade, when the tunnel closes.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        if ctx.handed_off {
+            return;
+        }
         let status = ctx
             .ws_status
             .or_else(|| session.response_written().map(|r| r.status.as_u16()))
             .unwrap_or(0);
-        let route = ctx.route_name();
-        let upstream = ctx.route().map_or("-", |r| r.upstream.name.as_str());
-        let (sent, received) = match &ctx.tunnel {
-            Some(t) => (t.peer_to_client as usize, t.client_to_peer as usize),
-            None => (session.body_bytes_sent(), session.body_bytes_read()),
-        };
-        let duration = ctx.started.elapsed();
-        METRICS
-            .requests
-            .with_label_values(&[route, upstream, status_class(status)])
-            .inc();
-        METRICS
-            .bytes_sent
-            .with_label_values(&[route])
-            .inc_by(sent as u64);
-        METRICS
-            .bytes_received
-            .with_label_values(&[route])
-            .inc_by(received as u64);
-        let upgraded = ctx.websocket_open.is_some();
-        if !upgraded {
-            METRICS
-                .request_duration
-                .with_label_values(&[route])
-                .observe(duration.as_secs_f64());
-        }
         let req = session.req_header();
         let text = |name| {
             req.headers
                 .get(name)
                 .and_then(|v: &http::HeaderValue| v.to_str().ok())
         };
-        accesslog::write(&Entry {
+        account(&Entry {
             client: ctx.client_ip,
             method: req.method.as_str(),
             uri: &req.uri.to_string(),
             version: req.version,
             status,
-            bytes_sent: sent,
-            bytes_received: received,
-            duration,
-            route,
-            upstream,
+            bytes_sent: session.body_bytes_sent(),
+            bytes_received: session.body_bytes_read(),
+            duration: ctx.started.elapsed(),
+            route: ctx.route_name(),
+            upstream: ctx.route().map_or("-", |r| r.upstream.name.as_str()),
             peer: ctx.inflight.as_ref().map(|g| g.peer().addr),
             referer: text(header::REFERER),
             user_agent: text(header::USER_AGENT),
-            upgraded,
-            end: ctx.tunnel.as_ref().map(|t| t.end.as_str()),
+            upgraded: false,
+            end: None,
             error: e.map(|e| e.etype().as_str()),
         });
     }
@@ -522,27 +498,51 @@ impl Portico {
                 .websocket_upgrades
                 .with_label_values(&[route.name.as_str(), "upgraded"])
                 .inc();
-            ctx.ws_status = Some(101);
             let gauge = METRICS
                 .websockets_open
                 .with_label_values(&[route.name.as_str(), group.name.as_str()]);
-            ctx.websocket_open = Some(GaugeGuard::new(gauge));
+            let ws_open = GaugeGuard::new(gauge);
             let sent = async {
                 client.write_all(&answer.raw_head).await?;
                 client.flush().await
             };
-            if sent.await.is_ok() {
-                let outcome = tunnel::run(
-                    client,
-                    upstream,
-                    answer.rest,
-                    route.websocket.idle_timeout,
-                    drain::watch(),
-                    self.drain_limit,
-                )
-                .await;
-                ctx.tunnel = Some(outcome);
+            if sent.await.is_err() {
+                return Ok(true);
             }
+            // The tunnel gets a task of its own and Pingora's request ends here: its per-request
+            // state (tens of KiB) would otherwise live as long as the WebSocket.
+            let req = session.req_header();
+            let text = |name| {
+                req.headers
+                    .get(name)
+                    .and_then(|v: &http::HeaderValue| v.to_str().ok())
+                    .map(str::to_owned)
+            };
+            let job = TunnelJob {
+                client,
+                upstream,
+                first: answer.rest,
+                idle: route.websocket.idle_timeout,
+                drain_limit: self.drain_limit,
+                client_ip: ctx.client_ip,
+                method: req.method.to_string(),
+                uri: req.uri.to_string(),
+                version: req.version,
+                referer: text(header::REFERER),
+                user_agent: text(header::USER_AGENT),
+                route: Arc::clone(&route.key),
+                upstream_name: group.name.clone(),
+                peer: peer.addr,
+                started: ctx.started,
+                _held: (
+                    ctx.inflight.take(),
+                    ws_open,
+                    ctx.connection_slot.take(),
+                    ctx.in_flight.take(),
+                ),
+            };
+            ctx.handed_off = true;
+            tokio::spawn(job.run());
         } else {
             METRICS
                 .websocket_upgrades
@@ -578,6 +578,87 @@ async fn stand_in(session: &Session) -> Result<ServerSession> {
     let mut stand_in = ServerSession::new_http1(Box::new(stream));
     stand_in.read_request().await?;
     Ok(stand_in)
+}
+
+/// Counts a finished request (or tunnel) in the metrics and writes its access-log line.
+fn account(e: &Entry) {
+    METRICS
+        .requests
+        .with_label_values(&[e.route, e.upstream, status_class(e.status)])
+        .inc();
+    METRICS
+        .bytes_sent
+        .with_label_values(&[e.route])
+        .inc_by(e.bytes_sent as u64);
+    METRICS
+        .bytes_received
+        .with_label_values(&[e.route])
+        .inc_by(e.bytes_received as u64);
+    if !e.upgraded {
+        METRICS
+            .request_duration
+            .with_label_values(&[e.route])
+            .observe(e.duration.as_secs_f64());
+    }
+    accesslog::write(e);
+}
+
+/// An upgraded connection on its own task: both streams, what its access-log line needs, and
+/// the guards that count it (peer in-flight, open WebSockets, per-client slot, in flight).
+struct TunnelJob {
+    client: pingora::protocols::Stream,
+    upstream: pingora::protocols::Stream,
+    first: Bytes,
+    idle: Duration,
+    drain_limit: Duration,
+    client_ip: IpAddr,
+    method: String,
+    uri: String,
+    version: http::Version,
+    referer: Option<String>,
+    user_agent: Option<String>,
+    route: Arc<str>,
+    upstream_name: String,
+    peer: SocketAddr,
+    started: Instant,
+    _held: (
+        Option<InflightGuard>,
+        GaugeGuard,
+        Option<ConnectionSlot>,
+        Option<GaugeGuard>,
+    ),
+}
+
+impl TunnelJob {
+    async fn run(self) {
+        let outcome = tunnel::run(
+            self.client,
+            self.upstream,
+            self.first,
+            self.idle,
+            drain::watch(),
+            self.drain_limit,
+        )
+        .await;
+        account(&Entry {
+            client: self.client_ip,
+            method: &self.method,
+            uri: &self.uri,
+            version: self.version,
+            status: 101,
+            bytes_sent: outcome.peer_to_client as usize,
+            bytes_received: outcome.client_to_peer as usize,
+            duration: self.started.elapsed(),
+            route: &self.route,
+            upstream: &self.upstream_name,
+            peer: Some(self.peer),
+            referer: self.referer.as_deref(),
+            user_agent: self.user_agent.as_deref(),
+            upgraded: true,
+            end: Some(outcome.end.as_str()),
+            error: None,
+        });
+    }
 }
 
 fn peer_ip(session: &Session) -> IpAddr {

@@ -248,13 +248,16 @@ pub async fn run(
     drain_limit: Duration,
 ) -> Outcome {
     let mut c2p = Direction::default();
-    let mut p2c = Direction {
-        pending: to_client_first.to_vec(),
-        needs_flush: !to_client_first.is_empty(),
-        ..Default::default()
-    };
-    p2c.frames.feed(&to_client_first, false);
-    p2c.bytes = to_client_first.len() as u64;
+    let mut p2c = Direction::default();
+    if !to_client_first.is_empty() {
+        p2c.frames.feed(&to_client_first, false);
+        p2c.bytes = to_client_first.len() as u64;
+        p2c.pending = to_client_first.to_vec();
+        p2c.needs_flush = true;
+    }
+    // It is a slice of the handshake's read buffer: keeping it would keep that whole buffer
+    // alive for as long as the tunnel lives.
+    drop(to_client_first);
     let to_peer_close = close_frame(true);
     let to_client_close = close_frame(false);
 
