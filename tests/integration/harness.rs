@@ -187,7 +187,7 @@ impl Drop for Proxy {
 
 fn config_text(dir: &Path, addr: SocketAddr, grace: &str, body: &str) -> String {
     format!(
-        "server:\n  threads: 1\n  pid_file: {d}/portico.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period: {grace}\n  graceful_shutdown_timeout: 1s\nlisteners:\n  - address: {addr}\n{body}",
+        "server:\n  threads: 1\n  pid_file: {d}/portico.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period: {grace}\n  graceful_shutdown_timeout: 1s\nlisteners:\n  - address: '{addr}'\n{body}",
         d = dir.display()
     )
 }

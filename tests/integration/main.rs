@@ -13,5 +13,6 @@ mod observability;
 mod policy;
 mod reload;
 mod routing;
+mod tls;
 mod upgrades;
 mod websocket;

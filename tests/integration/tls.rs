@@ -1,0 +1,206 @@
+//! TLS: certificates generated at test time (a CA and a leaf), HTTPS and wss:// through a TLS
+//! listener, X-Forwarded-Proto, plain HTTP to a TLS port.
+
+use crate::harness::*;
+use crate::origins::{HttpOrigin, WsOrigin};
+use futures_util::{SinkExt, StreamExt};
+use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+use tokio_rustls::TlsConnector;
+use tokio_tungstenite::tungstenite::Message;
+
+/// A test CA and one leaf certificate for `names`, written as PEM files into `dir`.
+pub struct TestPki {
+    pub ca_der: CertificateDer<'static>,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TestPki {
+    pub fn new(dir: &Path, names: &[&str]) -> TestPki {
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+        let leaf_key = KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let leaf = CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&leaf_key, &ca)
+            .unwrap();
+        let (cert, key) = (dir.join("leaf.crt"), dir.join("leaf.key"));
+        std::fs::write(&cert, leaf.pem()).unwrap();
+        std::fs::write(&key, leaf_key.serialize_pem()).unwrap();
+        TestPki {
+            ca_der: ca.der().clone(),
+            cert,
+            key,
+        }
+    }
+
+    pub fn connector(&self) -> TlsConnector {
+        let mut roots = RootCertStore::empty();
+        roots.add(self.ca_der.clone()).unwrap();
+        let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+        let config = ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        TlsConnector::from(Arc::new(config))
+    }
+}
+
+async fn tls_proxy(pki: &TestPki, upstreams_and_routes: &str) -> Proxy {
+    // The harness's plain listener plus a TLS one, found through the config below.
+    Proxy::start(&format!(
+        "  - address: '{}'\n    tls: {{certificates: [{{cert: '{}', key: '{}'}}]}}\n{upstreams_and_routes}",
+        proxy_addr(),
+        pki.cert.display(),
+        pki.key.display()
+    ))
+    .await
+}
+
+/// The address of the second (TLS) listener in the proxy's config.
+fn tls_addr(proxy: &Proxy) -> std::net::SocketAddr {
+    let conf = std::fs::read_to_string(&proxy.conf).unwrap();
+    let line = conf
+        .lines()
+        .filter(|l| l.contains("- address:"))
+        .nth(1)
+        .unwrap();
+    line.split('\'').nth(1).unwrap().parse().unwrap()
+}
+
+async fn wait_listening(addr: std::net::SocketAddr) {
+    eventually("the TLS listener accepts", || async {
+        tokio::net::TcpStream::connect(addr).await.is_ok()
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn https_requests_are_terminated_and_marked_https() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new(dir.path(), &["localhost", "example.com"]);
+    let origin = HttpOrigin::start("a").await;
+    let proxy = tls_proxy(
+        &pki,
+        &format!(
+            "upstreams:\n  app: {{peers: ['{}']}}\nroutes:\n  - {{upstream: app}}\n",
+            origin.addr
+        ),
+    )
+    .await;
+    let addr = tls_addr(&proxy);
+    wait_listening(addr).await;
+    let tcp = connect(addr, None).await;
+    let mut tls = pki
+        .connector()
+        .connect(ServerName::try_from("example.com").unwrap(), tcp)
+        .await
+        .expect("TLS handshake");
+    tls.write_all(b"GET /secure HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    tls.read_to_end(&mut out).await.unwrap();
+    let r = parse_response(&out).unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.upstream_header("x-forwarded-proto"), ["https"]);
+    assert_eq!(r.json()["path"], "/secure");
+    // The plain listener says http.
+    assert_eq!(
+        get(proxy.addr, "/", &[])
+            .await
+            .upstream_header("x-forwarded-proto"),
+        ["http"]
+    );
+}
+
+/// wss:// end to end: TLS to portico, the tunnel over the TLS stream, plain to the origin.
+#[tokio::test]
+async fn wss_passes_through_a_tls_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new(dir.path(), &["localhost"]);
+    let origin = WsOrigin::start("echo").await;
+    let proxy = tls_proxy(
+        &pki,
+        &format!(
+            "upstreams:\n  echo: {{peers: ['{}']}}\nroutes:\n  - {{upstream: echo}}\n",
+            origin.addr
+        ),
+    )
+    .await;
+    let addr = tls_addr(&proxy);
+    wait_listening(addr).await;
+    let tcp = connect(addr, None).await;
+    let tls = pki
+        .connector()
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .expect("TLS handshake");
+    let (mut ws, resp) = tokio_tungstenite::client_async("wss://localhost/ws", tls)
+        .await
+        .expect("wss handshake");
+    assert_eq!(resp.status(), 101);
+    let big = vec![42u8; 256 * 1024];
+    for m in [Message::text("over tls"), Message::binary(big)] {
+        ws.send(m.clone()).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), m);
+    }
+    ws.send(Message::text("headers")).await.unwrap();
+    let seen: Vec<(String, String)> =
+        serde_json::from_str(&ws.next().await.unwrap().unwrap().into_text().unwrap()).unwrap();
+    assert!(
+        seen.iter()
+            .any(|(k, v)| k == "x-forwarded-proto" && v == "https"),
+        "{seen:?}"
+    );
+}
+
+/// A client speaking plain HTTP to the TLS port, and one that stops mid-handshake: both fail
+/// cleanly and the proxy goes on serving.
+#[tokio::test]
+async fn garbage_on_the_tls_port_fails_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new(dir.path(), &["localhost"]);
+    let origin = HttpOrigin::start("a").await;
+    let mut proxy = tls_proxy(
+        &pki,
+        &format!(
+            "upstreams:\n  app: {{peers: ['{}']}}\nroutes:\n  - {{upstream: app}}\n",
+            origin.addr
+        ),
+    )
+    .await;
+    let addr = tls_addr(&proxy);
+    wait_listening(addr).await;
+    let out = send_raw(addr, None, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(
+        !String::from_utf8_lossy(&out).contains("200"),
+        "plain HTTP got an answer on the TLS port"
+    );
+    let mut half = connect(addr, None).await;
+    half.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .await
+        .unwrap(); // a truncated ClientHello
+    drop(half);
+    let tcp = connect(addr, None).await;
+    let mut tls = pki
+        .connector()
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut resp = Vec::new();
+    tls.read_to_end(&mut resp).await.unwrap();
+    assert_eq!(parse_response(&resp).unwrap().status, 200);
+    assert!(proxy.is_running());
+}
