@@ -9,6 +9,7 @@ use crate::handoff::{self, PidFile};
 use crate::proxy::Portico;
 use crate::reload::ReloadService;
 use crate::snapshot::Snapshot;
+use crate::tls::{self, CertStore};
 use crate::upstream::health::HealthService;
 use arc_swap::ArcSwap;
 use pingora::connectors::TransportConnector;
@@ -18,6 +19,7 @@ use pingora::proxy::http_proxy_service;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
 use pingora::services::background::background_service;
+use pingora::tls::ResolvesServerCert;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -52,7 +54,12 @@ pub fn run(cli: &Cli, snapshot: Snapshot) -> ! {
     let listeners: Vec<_> = snapshot
         .listeners
         .iter()
-        .map(|l| (l.addr.to_string(), l.tls.clone()))
+        .map(|l| {
+            (
+                l.addr.to_string(),
+                l.tls.as_ref().map(|(_, certs)| Arc::clone(certs)),
+            )
+        })
         .collect();
     let admin = snapshot.admin.map(|addr| match admin::bind(addr) {
         Ok(l) => l,
@@ -70,7 +77,8 @@ pub fn run(cli: &Cli, snapshot: Snapshot) -> ! {
         drain_limit,
     };
     let mut proxy = http_proxy_service(&server.configuration, portico);
-    for (addr, tls) in &listeners {
+    let mut cert_stores = Vec::new();
+    for (i, (addr, tls)) in listeners.iter().enumerate() {
         // Pingora gives each accepted connection a 64 KiB read buffer and a 1460-byte write
         // buffer. Its HTTP/1 parser reads the request head into a buffer of its own anyway and
         // a WebSocket tunnel reads through a per-thread one, so an idle WebSocket would hold
@@ -79,17 +87,16 @@ pub fn run(cli: &Cli, snapshot: Snapshot) -> ! {
         let mut endpoint =
             ListenerConfig::tcp(addr.as_str()).l4_buffer(L4BufferSettings::new(0, 0));
         if let Some(certs) = tls {
-            if certs.len() > 1 {
-                log::warn!("listener {addr}: only the first certificate is served for now (SNI selection is not built yet)");
-            }
-            let (cert, key) = &certs[0];
-            match TlsSettings::intermediate(cert, key) {
+            let store = Arc::new(CertStore::new(Arc::clone(certs)));
+            match TlsSettings::with_callbacks(Box::new(tls::NoCallbacks)) {
                 Ok(mut settings) => {
+                    settings.set_cert_resolver(Arc::clone(&store) as Arc<dyn ResolvesServerCert>);
                     settings.enable_h2();
                     endpoint = endpoint.tls(settings);
                 }
                 Err(e) => fail(&format!("listener {addr}: {e}")),
             }
+            cert_stores.push((i, store));
         }
         proxy.add_listener(endpoint);
     }
@@ -117,6 +124,7 @@ pub fn run(cli: &Cli, snapshot: Snapshot) -> ! {
         ReloadService {
             path: cli.conf.clone(),
             snapshot: shared,
+            cert_stores,
         },
     ));
     server.run(RunArgs::default());

@@ -5,7 +5,8 @@
 //! - [`config`]: the YAML file format ([`config::schema`]) and value checks with YAML paths.
 //! - [`snapshot`]: the file compiled into immutable runtime state, published through one
 //!   `ArcSwap`; [`reload`] builds a new one on SIGHUP and swaps it in.
-//! - [`app`]: the Pingora server: listeners, the proxy service, background services;
+//! - [`app`]: the Pingora server: listeners ([`tls`]: certificates by SNI), the proxy
+//!   service, background services;
 //!   [`handoff`]: `-u` finds the old process and signals it once ready for its sockets.
 //! - [`proxy`]: the `ProxyHttp` hooks. A request loads the snapshot once (`new_ctx`), then:
 //!   1. `request_filter`: client IP through trusted proxies ([`headers`]), route by host and
@@ -36,6 +37,7 @@ pub mod proxy;
 pub mod reload;
 pub mod routing;
 pub mod snapshot;
+pub mod tls;
 pub mod tunnel;
 pub mod upstream;
 pub mod websocket;

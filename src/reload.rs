@@ -4,6 +4,7 @@
 use crate::config;
 use crate::metrics::METRICS;
 use crate::snapshot::{SharedSnapshot, Snapshot};
+use crate::tls::CertStore;
 use async_trait::async_trait;
 use log::{error, info};
 use pingora::server::ShutdownWatch;
@@ -15,6 +16,8 @@ use tokio::signal::unix::{signal, SignalKind};
 pub struct ReloadService {
     pub path: PathBuf,
     pub snapshot: SharedSnapshot,
+    /// Each TLS listener's certificate resolver, by listener index: a reload renews them.
+    pub cert_stores: Vec<(usize, Arc<CertStore>)>,
 }
 
 #[async_trait]
@@ -58,6 +61,11 @@ impl ReloadService {
                     .map(|g| g.run_health_check());
                 futures_util::future::join_all(probes).await;
                 let sha256 = next.sha256.clone();
+                for (i, store) in &self.cert_stores {
+                    if let Some((_, certs)) = &next.listeners[*i].tls {
+                        store.store(Arc::clone(certs));
+                    }
+                }
                 self.snapshot.store(Arc::new(next));
                 METRICS.reloads.with_label_values(&["applied"]).inc();
                 info!(

@@ -7,6 +7,7 @@ use crate::config::{validate, ConfigErrors, Loaded};
 use crate::headers::{HeaderRules, TrustedProxies};
 use crate::limits::Limits;
 use crate::routing::Router;
+use crate::tls::Certs;
 use crate::upstream::UpstreamGroup;
 use arc_swap::ArcSwap;
 use std::collections::{HashMap, HashSet};
@@ -34,11 +35,20 @@ pub struct Snapshot {
     pub loaded_at: std::time::SystemTime,
 }
 
-#[derive(Debug, PartialEq)]
+#[derive(Debug)]
 pub struct Listener {
     pub addr: SocketAddr,
-    /// `(cert, key)` paths; the first pair is the default certificate.
-    pub tls: Option<Vec<(String, String)>>,
+    /// `(cert, key)` paths (the first pair is the default certificate) and what they hold,
+    /// read when this snapshot was built.
+    pub tls: Option<(Vec<(String, String)>, Arc<Certs>)>,
+}
+
+impl PartialEq for Listener {
+    /// The same address and certificate files: certificate contents may change on reload.
+    fn eq(&self, other: &Self) -> bool {
+        self.addr == other.addr
+            && self.tls.as_ref().map(|t| &t.0) == other.tls.as_ref().map(|t| &t.0)
+    }
 }
 
 pub struct Route {
@@ -88,28 +98,22 @@ impl Snapshot {
                     format!("duplicate listener {addr}"),
                 );
             }
-            let tls = l.tls.as_ref().map(|t| {
+            let tls = l.tls.as_ref().and_then(|t| {
+                let at = format!("{path}.tls");
                 if t.certificates.is_empty() {
                     errs.push(
-                        format!("{path}.tls.certificates"),
+                        format!("{at}.certificates"),
                         "needs at least one certificate",
                     );
+                    return None;
                 }
-                t.certificates
+                let pairs: Vec<(String, String)> = t
+                    .certificates
                     .iter()
-                    .enumerate()
-                    .map(|(j, c)| {
-                        for (key, file) in [("cert", &c.cert), ("key", &c.key)] {
-                            if let Err(e) = std::fs::metadata(file) {
-                                errs.push(
-                                    format!("{path}.tls.certificates[{j}].{key}"),
-                                    format!("cannot read {file}: {e}"),
-                                );
-                            }
-                        }
-                        (c.cert.clone(), c.key.clone())
-                    })
-                    .collect()
+                    .map(|c| (c.cert.clone(), c.key.clone()))
+                    .collect();
+                let certs = Certs::load(&pairs, &at, &mut errs)?;
+                Some((pairs, Arc::new(certs)))
             });
             listeners.push(Listener { addr, tls });
         }

@@ -204,3 +204,106 @@ async fn garbage_on_the_tls_port_fails_cleanly() {
     assert_eq!(parse_response(&resp).unwrap().status, 200);
     assert!(proxy.is_running());
 }
+
+async fn handshake(pki: &TestPki, addr: std::net::SocketAddr, name: &str) -> Result<(), String> {
+    let tcp = connect(addr, None).await;
+    let name = ServerName::try_from(name.to_owned()).unwrap();
+    pki.connector()
+        .connect(name, tcp)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// Each certificate answers for the names it holds (exact, then wildcard); others get the first.
+#[tokio::test]
+async fn certificates_are_chosen_by_sni() {
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = TestPki::new(da.path(), &["a.test"]);
+    let b = TestPki::new(db.path(), &["*.b.test"]);
+    let origin = HttpOrigin::start("o").await;
+    let tls_at = proxy_addr();
+    let proxy = Proxy::start(&format!(
+        "  - address: '{tls_at}'\n    tls:\n      certificates:\n        - {{cert: '{}', key: '{}'}}\n        - {{cert: '{}', key: '{}'}}\nupstreams:\n  app: {{peers: ['{}']}}\nroutes:\n  - {{upstream: app}}\n",
+        a.cert.display(), a.key.display(), b.cert.display(), b.key.display(), origin.addr
+    ))
+    .await;
+    wait_listening(tls_at).await;
+    assert_eq!(handshake(&a, tls_at, "a.test").await, Ok(()));
+    assert_eq!(
+        handshake(&b, tls_at, "x.b.test").await,
+        Ok(()),
+        "the wildcard certificate"
+    );
+    assert!(
+        handshake(&b, tls_at, "a.test").await.is_err(),
+        "a.test must get a's certificate"
+    );
+    assert!(
+        handshake(&b, tls_at, "x.y.b.test").await.is_err(),
+        "a wildcard covers one label"
+    );
+    // An unknown name gets the default (first) certificate: the client decides; no crash.
+    assert!(handshake(&a, tls_at, "unknown.test").await.is_err());
+    assert_eq!(handshake(&a, tls_at, "a.test").await, Ok(()));
+    drop(proxy);
+}
+
+/// Renewed certificate files take effect on SIGHUP, without a restart.
+#[tokio::test]
+async fn certificates_are_reread_on_sighup() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = TestPki::new(dir.path(), &["localhost"]);
+    let origin = HttpOrigin::start("a").await;
+    let proxy = tls_proxy(
+        &old,
+        &format!(
+            "upstreams:\n  app: {{peers: ['{}']}}\nroutes:\n  - {{upstream: app}}\n",
+            origin.addr
+        ),
+    )
+    .await;
+    let addr = tls_addr(&proxy);
+    wait_listening(addr).await;
+    assert_eq!(handshake(&old, addr, "localhost").await, Ok(()));
+    let renewed = TestPki::new(dir.path(), &["localhost"]); // same files, a new CA and key
+    proxy.signal("HUP");
+    proxy.wait_for_log("configuration reloaded").await;
+    assert_eq!(handshake(&renewed, addr, "localhost").await, Ok(()));
+    assert!(
+        handshake(&old, addr, "localhost").await.is_err(),
+        "the old certificate is still served"
+    );
+}
+
+#[test]
+fn a_bad_certificate_is_a_config_error_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new(dir.path(), &["localhost"]);
+    let other = tempfile::tempdir().unwrap();
+    let wrong_key = TestPki::new(other.path(), &["localhost"]).key;
+    let garbage = dir.path().join("garbage.crt");
+    std::fs::write(&garbage, "not a certificate").unwrap();
+    let conf = dir.path().join("p.yaml");
+    std::fs::write(
+        &conf,
+        format!(
+            "listeners:\n  - address: 127.0.0.1:1\n    tls: {{certificates: [{{cert: '{}', key: '{}'}}]}}\n  - address: 127.0.0.1:2\n    tls: {{certificates: [{{cert: '{}', key: '{}'}}]}}\nupstreams:\n  app: {{peers: ['127.0.0.1:3']}}\nroutes:\n  - {{upstream: app}}\n",
+            garbage.display(), pki.key.display(), pki.cert.display(), wrong_key.display()
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = run_cli(&["-t", "-c", conf.to_str().unwrap()]);
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains(&format!(
+            "listeners[0].tls.certificates[0]: no certificate in {} or no private key",
+            garbage.display()
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains("listeners[1].tls.certificates[0]:") && err.contains("does not belong to"),
+        "{err}"
+    );
+}
