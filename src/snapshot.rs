@@ -35,12 +35,15 @@ pub struct Snapshot {
     pub loaded_at: std::time::SystemTime,
 }
 
+/// `(cert, key)` file pairs as the config lists them.
+pub type CertPaths = Vec<(String, String)>;
+
 #[derive(Debug)]
 pub struct Listener {
     pub addr: SocketAddr,
     /// `(cert, key)` paths (the first pair is the default certificate) and what they hold,
     /// read when this snapshot was built.
-    pub tls: Option<(Vec<(String, String)>, Arc<Certs>)>,
+    pub tls: Option<(CertPaths, Arc<Certs>)>,
 }
 
 impl PartialEq for Listener {
