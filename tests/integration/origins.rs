@@ -233,6 +233,24 @@ impl WsOrigin {
     }
 
     pub async fn start_on(name: &str, addr: SocketAddr) -> Self {
+        Self::start_with(name, addr, None).await
+    }
+
+    /// A `wss://` origin: TLS with `config`, then the same echo behaviour.
+    pub async fn start_tls(name: &str, config: Arc<tokio_rustls::rustls::ServerConfig>) -> Self {
+        Self::start_with(
+            name,
+            "127.0.0.1:0".parse().unwrap(),
+            Some(tokio_rustls::TlsAcceptor::from(config)),
+        )
+        .await
+    }
+
+    async fn start_with(
+        name: &str,
+        addr: SocketAddr,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Self {
         let listener = TcpListener::bind(addr).await.expect("bind ws origin");
         let addr = listener.local_addr().unwrap();
         let last_request = Arc::new(Mutex::new(Vec::new()));
@@ -244,9 +262,16 @@ impl WsOrigin {
         );
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let (n, last, cl) = (n.clone(), Arc::clone(&last), Arc::clone(&cl));
+                let (n, last, cl, tls) =
+                    (n.clone(), Arc::clone(&last), Arc::clone(&cl), tls.clone());
                 tokio::spawn(async move {
-                    let _ = serve_ws(stream, &n, &last, &cl).await;
+                    let _ = match tls {
+                        None => serve_ws(stream, &n, &last, &cl).await,
+                        Some(acceptor) => match acceptor.accept(stream).await {
+                            Ok(tls_stream) => serve_ws(tls_stream, &n, &last, &cl).await,
+                            Err(e) => Err(e.into()),
+                        },
+                    };
                 });
             }
         });
@@ -266,8 +291,8 @@ impl Drop for WsOrigin {
     }
 }
 
-async fn serve_ws(
-    stream: TcpStream,
+async fn serve_ws<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    stream: S,
     name: &str,
     last: &Mutex<Vec<(String, String)>>,
     closes: &Mutex<Vec<(u16, String)>>,

@@ -18,6 +18,8 @@ pub struct TestPki {
     pub ca_der: CertificateDer<'static>,
     pub cert: PathBuf,
     pub key: PathBuf,
+    leaf_der: CertificateDer<'static>,
+    key_der: Vec<u8>,
 }
 
 impl TestPki {
@@ -38,7 +40,23 @@ impl TestPki {
             ca_der: ca.der().clone(),
             cert,
             key,
+            leaf_der: leaf.der().clone(),
+            key_der: leaf_key.serialize_der(),
         }
+    }
+
+    /// A server config presenting the leaf: for TLS origins.
+    pub fn server_config(&self) -> Arc<tokio_rustls::rustls::ServerConfig> {
+        let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+        let key =
+            tokio_rustls::rustls::pki_types::PrivateKeyDer::Pkcs8(self.key_der.clone().into());
+        let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![self.leaf_der.clone()], key)
+            .unwrap();
+        Arc::new(config)
     }
 
     pub fn connector(&self) -> TlsConnector {
@@ -306,4 +324,33 @@ fn a_bad_certificate_is_a_config_error_naming_it() {
         err.contains("listeners[1].tls.certificates[0]:") && err.contains("does not belong to"),
         "{err}"
     );
+}
+
+/// An upstream behind TLS with a certificate no system root knows: `verify: false` connects
+/// (wss:// to the peer, end to end), `verify: true` refuses with 502.
+#[tokio::test]
+async fn tls_to_upstreams_with_and_without_verification() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new(dir.path(), &["backend.test"]);
+    let origin = WsOrigin::start_tls("wss-origin", pki.server_config()).await;
+    let proxy = Proxy::start(&format!(
+        "upstreams:\n  lax: {{peers: ['{a}'], tls: {{sni: backend.test, verify: false}}}}\n  strict: {{peers: ['{a}'], tls: {{sni: backend.test}}, retries: 0}}\nroutes:\n  - {{path_prefix: /lax/, upstream: lax}}\n  - {{path_prefix: /strict/, upstream: strict}}\n",
+        a = origin.addr
+    ))
+    .await;
+    let (mut ws, _) = ws_connect(proxy.addr, "/lax/", &[])
+        .await
+        .expect("wss to an unverified peer");
+    ws.send(Message::text("whoami")).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::text("wss-origin")
+    );
+    match ws_connect(proxy.addr, "/strict/", &[]).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 502),
+        other => panic!(
+            "expected 502 from a peer that fails verification, got {:?}",
+            other.map(|(_, r)| r.status())
+        ),
+    }
 }
