@@ -189,6 +189,10 @@ pub struct UpstreamTls {
     pub sni: Option<String>,
     #[serde(default = "yes")]
     pub verify: bool,
+    /// Added key: a PEM file of CA certificates to verify peers with, instead of the system
+    /// roots (for peers with certificates from a private CA).
+    #[serde(default)]
+    pub ca: Option<String>,
 }
 
 fn yes() -> bool {

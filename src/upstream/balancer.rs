@@ -10,6 +10,7 @@ use pingora::lb::discovery::Static;
 use pingora::lb::selection::{BackendIter, BackendSelection, Consistent, Random, RoundRobin};
 use pingora::lb::{Backend, Backends, LoadBalancer};
 use pingora::upstreams::peer::HttpPeer;
+use pingora::utils::tls::{parse_x509, WrappedX509};
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -68,6 +69,9 @@ impl UpstreamGroup {
         validate::nonzero(errs, &format!("{path}.read_timeout"), read_timeout);
         let tls = section.tls.as_ref();
         let sni = tls.and_then(|t| t.sni.clone()).unwrap_or_default();
+        let ca = tls
+            .and_then(|t| t.ca.as_deref())
+            .and_then(|file| load_ca(file, &format!("{path}.tls.ca"), errs));
 
         let mut backends = BTreeSet::new();
         let mut peers = HashMap::new();
@@ -90,6 +94,7 @@ impl UpstreamGroup {
             if let Some(t) = tls {
                 template.options.verify_cert = t.verify;
                 template.options.verify_hostname = t.verify;
+                template.options.ca = ca.clone();
             }
             let peer = Peer::new(addr, weight.max(1), template);
             backends.insert(peer.backend.clone());
@@ -218,6 +223,42 @@ impl UpstreamGroup {
     pub async fn run_health_check(&self) {
         self.backends().run_health_check(true).await;
     }
+}
+
+/// The CA certificates of a PEM file, as Pingora's connector takes them.
+fn load_ca(file: &str, path: &str, errs: &mut ConfigErrors) -> Option<Arc<[WrappedX509]>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let certs: Result<Vec<CertificateDer>, _> = match CertificateDer::pem_file_iter(file) {
+        Ok(iter) => iter.collect(),
+        Err(e) => {
+            errs.push(path, format!("cannot read {file}: {e}"));
+            return None;
+        }
+    };
+    let certs = match certs {
+        Ok(c) if !c.is_empty() => c,
+        Ok(_) => {
+            errs.push(path, format!("{file} holds no certificate"));
+            return None;
+        }
+        Err(e) => {
+            errs.push(path, format!("{file}: {e}"));
+            return None;
+        }
+    };
+    let mut wrapped = Vec::with_capacity(certs.len());
+    for der in certs {
+        if x509_parser::parse_x509_certificate(der.as_ref()).is_err() {
+            errs.push(
+                path,
+                format!("{file} holds a certificate that does not parse"),
+            );
+            return None;
+        }
+        wrapped.push(WrappedX509::new(der.to_vec(), parse_x509));
+    }
+    Some(Arc::from(wrapped.into_boxed_slice()))
 }
 
 fn load_balancer<S>(view: Backends) -> LoadBalancer<S>

@@ -18,6 +18,8 @@ pub struct TestPki {
     pub ca_der: CertificateDer<'static>,
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// The CA certificate as PEM (for `upstreams.*.tls.ca`).
+    pub ca_file: PathBuf,
     leaf_der: CertificateDer<'static>,
     key_der: Vec<u8>,
 }
@@ -36,10 +38,13 @@ impl TestPki {
         let (cert, key) = (dir.join("leaf.crt"), dir.join("leaf.key"));
         std::fs::write(&cert, leaf.pem()).unwrap();
         std::fs::write(&key, leaf_key.serialize_pem()).unwrap();
+        let ca_file = dir.join("ca.crt");
+        std::fs::write(&ca_file, ca.pem()).unwrap();
         TestPki {
             ca_der: ca.der().clone(),
             cert,
             key,
+            ca_file,
             leaf_der: leaf.der().clone(),
             key_der: leaf_key.serialize_der(),
         }
@@ -326,31 +331,40 @@ fn a_bad_certificate_is_a_config_error_naming_it() {
     );
 }
 
-/// An upstream behind TLS with a certificate no system root knows: `verify: false` connects
-/// (wss:// to the peer, end to end), `verify: true` refuses with 502.
+/// An upstream behind TLS with a certificate from a private CA: `verify: false` connects
+/// (wss:// to the peer, end to end), `verify: true` refuses with 502 against the system roots,
+/// and connects with `ca:` naming the private CA, unless the SNI does not match.
 #[tokio::test]
 async fn tls_to_upstreams_with_and_without_verification() {
     let dir = tempfile::tempdir().unwrap();
     let pki = TestPki::new(dir.path(), &["backend.test"]);
     let origin = WsOrigin::start_tls("wss-origin", pki.server_config()).await;
+    let ca = pki.ca_file.display();
     let proxy = Proxy::start(&format!(
-        "upstreams:\n  lax: {{peers: ['{a}'], tls: {{sni: backend.test, verify: false}}}}\n  strict: {{peers: ['{a}'], tls: {{sni: backend.test}}, retries: 0}}\nroutes:\n  - {{path_prefix: /lax/, upstream: lax}}\n  - {{path_prefix: /strict/, upstream: strict}}\n",
+        "upstreams:\n  lax: {{peers: ['{a}'], tls: {{sni: backend.test, verify: false}}}}\n  strict: {{peers: ['{a}'], tls: {{sni: backend.test}}, retries: 0}}\n  private: {{peers: ['{a}'], tls: {{sni: backend.test, ca: '{ca}'}}}}\n  misnamed: {{peers: ['{a}'], tls: {{sni: other.test, ca: '{ca}'}}, retries: 0}}\nroutes:\n  - {{path_prefix: /lax/, upstream: lax}}\n  - {{path_prefix: /strict/, upstream: strict}}\n  - {{path_prefix: /private/, upstream: private}}\n  - {{path_prefix: /misnamed/, upstream: misnamed}}\n",
         a = origin.addr
     ))
     .await;
-    let (mut ws, _) = ws_connect(proxy.addr, "/lax/", &[])
-        .await
-        .expect("wss to an unverified peer");
-    ws.send(Message::text("whoami")).await.unwrap();
-    assert_eq!(
-        ws.next().await.unwrap().unwrap(),
-        Message::text("wss-origin")
-    );
-    match ws_connect(proxy.addr, "/strict/", &[]).await {
-        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 502),
-        other => panic!(
-            "expected 502 from a peer that fails verification, got {:?}",
-            other.map(|(_, r)| r.status())
-        ),
+    for ok in ["/lax/", "/private/"] {
+        let (mut ws, _) = ws_connect(proxy.addr, ok, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{ok}: {e}"));
+        ws.send(Message::text("whoami")).await.unwrap();
+        assert_eq!(
+            ws.next().await.unwrap().unwrap(),
+            Message::text("wss-origin"),
+            "{ok}"
+        );
+    }
+    for refused in ["/strict/", "/misnamed/"] {
+        match ws_connect(proxy.addr, refused, &[]).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                assert_eq!(resp.status(), 502, "{refused}")
+            }
+            other => panic!(
+                "{refused}: expected 502, got {:?}",
+                other.map(|(_, r)| r.status())
+            ),
+        }
     }
 }
