@@ -10,7 +10,7 @@ use crate::metrics::{status_class, METRICS};
 use crate::routing;
 use crate::snapshot::{Route, SharedSnapshot, Snapshot};
 use crate::tunnel;
-use crate::upstream::InflightGuard;
+use crate::upstream::{InflightGuard, Peer, UpstreamGroup};
 use crate::websocket::{self, Upgrade};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -224,29 +224,12 @@ impl ProxyHttp for Portico {
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        let route = ctx
-            .route()
-            .expect("request_filter answered every unrouted request");
-        let group = &route.upstream;
-        let key = ip_key(ctx.client_ip);
-        let Some(peer) = group.select(key.as_ref(), &ctx.tried) else {
-            if ctx.upgrade {
-                METRICS
-                    .websocket_upgrades
-                    .with_label_values(&[route.name.as_str(), "failed"])
-                    .inc();
-            }
-            let (code, why) = if ctx.tried.is_empty() {
-                (503, "no healthy peer")
-            } else {
-                (502, "no peer left to retry")
-            };
-            return Error::e_explain(HTTPStatus(code), format!("upstream {}: {why}", group.name));
-        };
+        let snapshot = Arc::clone(&ctx.snapshot);
+        let route = &snapshot.routes[ctx
+            .route
+            .expect("request_filter answered every unrouted request")];
+        let peer = next_peer(ctx, &route.upstream)?;
         let http_peer = Box::new(peer.template.clone());
-        let peer = Arc::clone(peer);
-        ctx.tried.push(peer.addr);
-        ctx.inflight = Some(peer.track());
         ctx.connect_started = Some(Instant::now());
         Ok(http_peer)
     }
@@ -259,14 +242,9 @@ impl ProxyHttp for Portico {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if let (Some(route), Some(guard)) = (ctx.route(), &ctx.inflight) {
-            guard.peer().mark_failed(route.upstream.fail_timeout);
-            if ctx.tried.len() <= route.upstream.retries {
+        if let Some(route) = ctx.route() {
+            if connect_failed(ctx, &route.upstream) {
                 e.set_retry(true);
-                METRICS
-                    .retries
-                    .with_label_values(&[route.upstream.name.as_str()])
-                    .inc();
             }
         }
         e
@@ -409,26 +387,17 @@ impl Portico {
             strip,
         )?;
 
-        let key = ip_key(ctx.client_ip);
         let (peer, mut upstream) = loop {
-            let Some(peer) = group.select(&key, &ctx.tried) else {
-                METRICS
-                    .websocket_upgrades
-                    .with_label_values(&[route.name.as_str(), "failed"])
-                    .inc();
-                let (code, why) = if ctx.tried.is_empty() {
-                    (503, "no healthy peer")
-                } else {
-                    (502, "no peer left to retry")
-                };
-                return Error::e_explain(
-                    HTTPStatus(code),
-                    format!("upstream {}: {why}", group.name),
-                );
+            let peer = match next_peer(ctx, group) {
+                Ok(p) => p,
+                Err(e) => {
+                    METRICS
+                        .websocket_upgrades
+                        .with_label_values(&[route.name.as_str(), "failed"])
+                        .inc();
+                    return Err(e);
+                }
             };
-            let peer = Arc::clone(peer);
-            ctx.tried.push(peer.addr);
-            ctx.inflight = Some(peer.track());
             let started = Instant::now();
             match self.connector.new_stream(&peer.template).await {
                 Ok(stream) => {
@@ -438,15 +407,13 @@ impl Portico {
                         .observe(started.elapsed().as_secs_f64());
                     break (peer, stream);
                 }
+                Err(e) if connect_failed(ctx, group) => {
+                    log::warn!(
+                        "websocket upgrade: connecting to {} failed, retrying elsewhere: {e}",
+                        peer.addr
+                    );
+                }
                 Err(e) => {
-                    peer.mark_failed(group.fail_timeout);
-                    if ctx.tried.len() <= group.retries {
-                        METRICS
-                            .retries
-                            .with_label_values(&[group.name.as_str()])
-                            .inc();
-                        continue;
-                    }
                     METRICS
                         .websocket_upgrades
                         .with_label_values(&[route.name.as_str(), "failed"])
@@ -578,6 +545,41 @@ async fn stand_in(session: &Session) -> Result<ServerSession> {
     let mut stand_in = ServerSession::new_http1(Box::new(stream));
     stand_in.read_request().await?;
     Ok(stand_in)
+}
+
+/// Picks the next peer of `group` for this request, one it has not tried, and counts the
+/// request on it. `Err`: 503 when no peer is healthy, 502 when every one was tried.
+fn next_peer(ctx: &mut RequestCtx, group: &UpstreamGroup) -> Result<Arc<Peer>> {
+    let key = ip_key(ctx.client_ip);
+    let Some(peer) = group.select(&key, &ctx.tried) else {
+        let (code, why) = if ctx.tried.is_empty() {
+            (503, "no healthy peer")
+        } else {
+            (502, "no peer left to retry")
+        };
+        return Error::e_explain(HTTPStatus(code), format!("upstream {}: {why}", group.name));
+    };
+    let peer = Arc::clone(peer);
+    ctx.tried.push(peer.addr);
+    ctx.inflight = Some(peer.track());
+    ctx.connect_started = Some(Instant::now());
+    Ok(peer)
+}
+
+/// The connect to the peer last picked failed: keep that peer out for `fail_timeout` and say
+/// whether the request may try another (counted as a retry).
+fn connect_failed(ctx: &RequestCtx, group: &UpstreamGroup) -> bool {
+    if let Some(guard) = &ctx.inflight {
+        guard.peer().mark_failed(group.fail_timeout);
+    }
+    let retry = ctx.tried.len() <= group.retries;
+    if retry {
+        METRICS
+            .retries
+            .with_label_values(&[group.name.as_str()])
+            .inc();
+    }
+    retry
 }
 
 /// Counts a finished request (or tunnel) in the metrics and writes its access-log line.

@@ -360,3 +360,30 @@ async fn tcp_health_check_notices_a_closed_port() {
         );
     }
 }
+
+/// Scale-out: two instances with the same config (behind an L4 balancer, say) send each client
+/// to the same peer, so stickiness survives a client landing on the other instance.
+#[tokio::test]
+async fn ip_hash_agrees_across_instances() {
+    let peers = [
+        HttpOrigin::start("a").await,
+        HttpOrigin::start("b").await,
+        HttpOrigin::start("c").await,
+    ];
+    let up = format!(
+        "    balance: ip_hash\n    peers: ['{}', '{}', '{}']\n",
+        peers[0].addr, peers[1].addr, peers[2].addr
+    );
+    let first = Proxy::start(&one_route(&up)).await;
+    let second = Proxy::start(&one_route(&up)).await;
+    let on_first = mapping(&first, 2..=41).await;
+    let on_second = mapping(&second, 2..=41).await;
+    assert_eq!(on_first, on_second);
+    assert_eq!(
+        on_first
+            .values()
+            .collect::<std::collections::HashSet<_>>()
+            .len(),
+        3
+    );
+}
