@@ -9,7 +9,7 @@
 //!   service, background services;
 //!   [`handoff`]: `-u` finds the old process and signals it once ready for its sockets.
 //! - [`proxy`]: the `ProxyHttp` hooks. A request loads the snapshot once (`new_ctx`), then:
-//!   1. `request_filter`: client IP through trusted proxies ([`headers`]), route by host and
+//!   1. `request_filter`: hostile framing and paths refused ([`checks`]), client IP through trusted proxies ([`headers`]), route by host and
 //!      path ([`routing`]), answer 404 / 301 / 403 / 401 / 429 itself ([`auth`], [`limits`]); a valid WebSocket
 //!      upgrade is taken over here ([`websocket`]): handshake with a peer, then [`tunnel`];
 //!   2. `upstream_peer`: pick a healthy, untried peer of the route's group ([`upstream`]);
@@ -26,6 +26,7 @@ pub mod accesslog;
 pub mod admin;
 pub mod app;
 pub mod auth;
+pub mod checks;
 pub mod cli;
 pub mod config;
 pub mod drain;

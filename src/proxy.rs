@@ -3,6 +3,7 @@
 //! the access log.
 
 use crate::accesslog::{self, Entry};
+use crate::checks;
 use crate::drain;
 use crate::headers::{self, Forwarded};
 use crate::limits::{self, ConnectionSlot};
@@ -57,6 +58,8 @@ pub struct RequestCtx {
     /// A WebSocket upgrade portico answered itself: the status sent and, after a 101, how
     /// the tunnel went.
     ws_status: Option<u16>,
+    /// Request body bytes seen so far (for `max_body_size`).
+    body_bytes: u64,
     /// Counts this upgrade against the route's `max_connections` for its client.
     connection_slot: Option<ConnectionSlot>,
 }
@@ -107,6 +110,7 @@ impl ProxyHttp for Portico {
             connect_started: None,
             connected: None,
             ws_status: None,
+            body_bytes: 0,
             connection_slot: None,
         }
     }
@@ -118,6 +122,11 @@ impl ProxyHttp for Portico {
             .snapshot
             .trusted
             .client_ip(peer_ip, &session.req_header().headers);
+        if let Err((status, why)) = checks::check(session.req_header()) {
+            // The rest of what this client sent cannot be trusted to be framed as it says.
+            session.set_keepalive(None);
+            return reject(session, ctx, "bad_request", status, why, None).await;
+        }
         ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         let upgrade = websocket::check(session.req_header());
         ctx.upgrade = upgrade != Upgrade::No;
@@ -147,6 +156,25 @@ impl ProxyHttp for Portico {
                 Some((header::LOCATION, location)),
             )
             .await;
+        }
+        if let Some(max) = route.max_body_size {
+            let declared = session
+                .req_header()
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            if declared.is_some_and(|n| n > max) {
+                session.set_keepalive(None);
+                return reject(
+                    session,
+                    ctx,
+                    "body_too_large",
+                    413,
+                    "request body too large\n",
+                    None,
+                )
+                .await;
+            }
         }
         if ctx.upgrade && !route.websocket.enabled {
             return reject(
@@ -267,6 +295,25 @@ impl ProxyHttp for Portico {
                 .observe(now.duration_since(started).as_secs_f64());
         }
         ctx.connected = Some(now);
+        Ok(())
+    }
+
+    /// Bodies without a Content-Length are counted as they stream against `max_body_size`.
+    async fn request_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let Some(max) = ctx.route().and_then(|r| r.max_body_size) else {
+            return Ok(());
+        };
+        ctx.body_bytes += body.as_ref().map_or(0, |b| b.len() as u64);
+        if ctx.body_bytes > max {
+            session.set_keepalive(None);
+            return Error::e_explain(HTTPStatus(413), format!("request body over {max} bytes"));
+        }
         Ok(())
     }
 

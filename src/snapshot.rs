@@ -67,6 +67,8 @@ pub struct Route {
     pub key: Arc<str>,
     pub strip_prefix: bool,
     pub redirect_https: bool,
+    /// Request bodies above this many bytes get 413.
+    pub max_body_size: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -254,6 +256,7 @@ impl Snapshot {
                 response_headers,
                 auth,
                 strip_prefix: r.strip_prefix,
+                max_body_size: r.max_body_size.map(|s| s.0),
                 redirect_https: r.redirect_https,
             });
         }

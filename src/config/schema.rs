@@ -220,6 +220,10 @@ pub struct RouteSection {
     pub rate_limit: Option<RateLimitSection>,
     #[serde(default)]
     pub auth: Option<AuthSection>,
+    /// Added key: the largest request body accepted (413 above it), e.g. `10m`, `512k`, `1g`
+    /// or a number of bytes; default: no limit.
+    #[serde(default)]
+    pub max_body_size: Option<Size>,
     #[serde(default)]
     pub redirect_https: bool,
     #[serde(default)]
@@ -278,5 +282,48 @@ impl<'de> Deserialize<'de> for Duration {
             }
         }
         d.deserialize_any(DurationVisitor)
+    }
+}
+
+/// A size in bytes, written as a number or with a binary unit: `512k`, `10m`, `1g`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Size(pub u64);
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct SizeVisitor;
+        impl Visitor<'_> for SizeVisitor {
+            type Value = Size;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a size such as 512k, 10m, 1g or a number of bytes")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Size, E> {
+                Ok(Size(v))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Size, E> {
+                let t = v.trim().to_ascii_lowercase();
+                let (num, unit) =
+                    t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+                let mult: u64 = match unit.trim() {
+                    "" | "b" => 1,
+                    "k" | "kb" | "kib" => 1 << 10,
+                    "m" | "mb" | "mib" => 1 << 20,
+                    "g" | "gb" | "gib" => 1 << 30,
+                    _ => {
+                        return Err(E::custom(format!(
+                            "invalid size {v:?}: write e.g. 512k, 10m, 1g"
+                        )))
+                    }
+                };
+                num.parse::<u64>()
+                    .ok()
+                    .and_then(|n| n.checked_mul(mult))
+                    .map(Size)
+                    .ok_or_else(|| {
+                        E::custom(format!("invalid size {v:?}: write e.g. 512k, 10m, 1g"))
+                    })
+            }
+        }
+        d.deserialize_any(SizeVisitor)
     }
 }

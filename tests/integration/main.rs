@@ -7,6 +7,7 @@ mod origins;
 mod balancing;
 mod config_check;
 mod headers;
+mod hostile;
 mod lifecycle;
 mod limits;
 mod observability;
