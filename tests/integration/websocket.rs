@@ -215,3 +215,102 @@ async fn idle_timeout_closes_a_silent_websocket() {
         "closed after {waited:?}"
     );
 }
+
+/// Messages far larger than any buffer: both directions stall on the peer and must resume
+/// without losing or reordering a byte (the tunnel's pending-write path).
+#[tokio::test]
+async fn sixteen_mebibyte_messages_survive_backpressure() {
+    let origin = WsOrigin::start("echo").await;
+    let proxy = ws_proxy(&origin, "", "").await;
+    let (ws, _) = ws_connect(proxy.addr, "/ws/", &[]).await.unwrap();
+    let (mut tx, mut rx) = ws.split();
+    let big: Vec<u8> = (0..16 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let expected = big.clone();
+    // Send while receiving, so neither side's buffers need to hold a whole message.
+    let sender = tokio::spawn(async move {
+        for _ in 0..2 {
+            tx.send(Message::binary(big.clone())).await.unwrap();
+        }
+        tx
+    });
+    for _ in 0..2 {
+        let got = tokio::time::timeout(IO_TIMEOUT * 3, rx.next())
+            .await
+            .expect("echo in time")
+            .unwrap()
+            .unwrap();
+        assert!(
+            got.into_data() == expected,
+            "a 16 MiB message came back changed"
+        );
+    }
+    sender.await.unwrap();
+}
+
+#[tokio::test]
+async fn close_codes_1000_and_1001_cross_both_ways() {
+    let origin = WsOrigin::start("echo").await;
+    let proxy = ws_proxy(&origin, "", "").await;
+    for code in [1000u16, 1001, 4000] {
+        let (mut ws, _) = ws_connect(proxy.addr, "/ws/", &[]).await.unwrap();
+        ws.send(Message::text(format!("close:{code}:server says {code}")))
+            .await
+            .unwrap();
+        match next(&mut ws).await {
+            Message::Close(Some(f)) => assert_eq!(
+                (u16::from(f.code), f.reason.to_string()),
+                (code, format!("server says {code}"))
+            ),
+            m => panic!("expected close {code}, got {m:?}"),
+        }
+        let (mut ws, _) = ws_connect(proxy.addr, "/ws/", &[]).await.unwrap();
+        ws.send(Message::Close(Some(CloseFrame {
+            code: CloseCode::from(code),
+            reason: format!("client says {code}").into(),
+        })))
+        .await
+        .unwrap();
+        match next(&mut ws).await {
+            Message::Close(Some(f)) => assert_eq!(u16::from(f.code), code),
+            m => panic!("expected close {code} back, got {m:?}"),
+        }
+        eventually("the origin saw the client's close", || async {
+            origin
+                .closes
+                .lock()
+                .unwrap()
+                .contains(&(code, format!("client says {code}")))
+        })
+        .await;
+    }
+}
+
+/// 1,000 connections open at once, each echoing its own messages: no crosstalk, no loss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_websockets_each_echo_their_own() {
+    let origin = WsOrigin::start("echo").await;
+    let proxy = ws_proxy(&origin, "", "").await;
+    let mut sockets = Vec::new();
+    for _ in 0..1000 {
+        sockets.push(ws_connect(proxy.addr, "/ws/", &[]).await.unwrap().0);
+    }
+    let tasks: Vec<_> = sockets
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut ws)| {
+            tokio::spawn(async move {
+                for j in 0..3 {
+                    let text = format!("conn {i} msg {j}");
+                    ws.send(Message::text(text.clone())).await.unwrap();
+                    assert_eq!(next(&mut ws).await, Message::text(text));
+                }
+                ws.close(None).await.unwrap();
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
