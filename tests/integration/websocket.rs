@@ -246,7 +246,7 @@ async fn sixteen_mebibyte_messages_survive_backpressure() {
             "a 16 MiB message came back changed"
         );
     }
-    sender.await.unwrap();
+    let _tx = sender.await.unwrap();
 }
 
 #[tokio::test]
