@@ -434,6 +434,14 @@ impl Portico {
             strip,
         )?;
 
+        // An upgrade that never reached a peer's answer: counted, and a 502 for Pingora to send.
+        let failed = |why: String, e: Box<dyn std::error::Error + Send + Sync>| {
+            METRICS
+                .websocket_upgrades
+                .with_label_values(&[route.name.as_str(), "failed"])
+                .inc();
+            Error::because(HTTPStatus(502), why, e)
+        };
         let (peer, mut upstream) = loop {
             let peer = match next_peer(ctx, group) {
                 Ok(p) => p,
@@ -460,17 +468,7 @@ impl Portico {
                         peer.addr
                     );
                 }
-                Err(e) => {
-                    METRICS
-                        .websocket_upgrades
-                        .with_label_values(&[route.name.as_str(), "failed"])
-                        .inc();
-                    return Err(Error::because(
-                        HTTPStatus(502),
-                        format!("connecting to {}", peer.addr),
-                        e,
-                    ));
-                }
+                Err(e) => return Err(failed(format!("connecting to {}", peer.addr), e)),
             }
         };
         let timeout = peer
@@ -481,15 +479,10 @@ impl Portico {
         let answer = match websocket::exchange(&mut upstream, &request, timeout).await {
             Ok(a) => a,
             Err(e) => {
-                METRICS
-                    .websocket_upgrades
-                    .with_label_values(&[route.name.as_str(), "failed"])
-                    .inc();
-                return Err(Error::because(
-                    HTTPStatus(502),
+                return Err(failed(
                     format!("websocket handshake with {}", peer.addr),
-                    e,
-                ));
+                    Box::new(e),
+                ))
             }
         };
 

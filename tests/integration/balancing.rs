@@ -56,6 +56,15 @@ async fn random_spreads_by_weight() {
     assert!(a.hits() > 0);
 }
 
+/// The statuses of `n` requests in a row.
+async fn statuses(proxy: &Proxy, n: usize) -> Vec<u16> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(get(proxy.addr, "/", &[]).await.status);
+    }
+    out
+}
+
 fn client(i: u8) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, 0, 0, i))
 }
@@ -211,10 +220,7 @@ async fn without_retries_only_the_first_request_to_a_dead_peer_fails() {
         live.addr
     );
     let proxy = Proxy::start(&one_route(&up)).await;
-    let mut statuses = Vec::new();
-    for _ in 0..10 {
-        statuses.push(get(proxy.addr, "/", &[]).await.status);
-    }
+    let statuses = statuses(&proxy, 10).await;
     // Which peer comes first depends on their addresses (Pingora orders backends), so the one
     // failure is the first or the second request, never later.
     assert_eq!(
@@ -234,10 +240,7 @@ async fn fail_timeout_zero_turns_passive_health_off() {
         live.addr
     );
     let proxy = Proxy::start(&one_route(&up)).await;
-    let mut statuses = Vec::new();
-    for _ in 0..10 {
-        statuses.push(get(proxy.addr, "/", &[]).await.status);
-    }
+    let statuses = statuses(&proxy, 10).await;
     assert_eq!(
         statuses.iter().filter(|s| **s == 502).count(),
         5,
