@@ -4,7 +4,7 @@
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PORTICO := target/debug/portico
 
-.PHONY: deps build run test fmt fmt-check lint check-config deploy-tools check-deploy ci
+.PHONY: deps build run test fmt fmt-check lint check-config deploy-tools check-deploy bench ci
 
 ## deps: what a fresh Debian machine with Rust lacks (pingora-core builds zlib-ng with cmake)
 deps:
@@ -54,5 +54,12 @@ check-deploy: deploy-tools
 		| sed 's/app.default.svc.cluster.local/127.0.0.1/' > target/configmap-portico.yaml
 	$(PORTICO) -t -c target/configmap-portico.yaml
 	sh -n deploy/portico-upgrade
+
+## bench: portico, nginx and HAProxy side by side on loopback (installs them and wrk if missing)
+bench: deps
+	@command -v nginx >/dev/null && command -v haproxy >/dev/null && command -v wrk >/dev/null || \
+		{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq nginx-light haproxy wrk; }
+	cargo build --release --bin portico --example demo_origins
+	python3 tests/bench/bench.py target/release/portico target/release/examples/demo_origins
 
 ci: fmt-check lint check-config check-deploy test

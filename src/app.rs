@@ -14,7 +14,7 @@ use crate::upstream::health::HealthService;
 use arc_swap::ArcSwap;
 use pingora::connectors::TransportConnector;
 use pingora::listeners::tls::TlsSettings;
-use pingora::listeners::{L4BufferSettings, ListenerConfig};
+use pingora::listeners::{L4BufferSettings, ListenerConfig, DEFAULT_L4_WRITE_BUFFER_SIZE};
 use pingora::proxy::http_proxy_service;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
@@ -51,6 +51,10 @@ pub fn run(cli: &Cli, snapshot: Snapshot) -> ! {
         snapshot.sha256
     );
 
+    let write_buffer = snapshot
+        .server
+        .downstream_write_buffer
+        .map_or(DEFAULT_L4_WRITE_BUFFER_SIZE, |s| s.0 as usize);
     let listeners: Vec<_> = snapshot
         .listeners
         .iter()
@@ -79,13 +83,12 @@ pub fn run(cli: &Cli, snapshot: Snapshot) -> ! {
     let mut proxy = http_proxy_service(&server.configuration, portico);
     let mut cert_stores = Vec::new();
     for (i, (addr, tls)) in listeners.iter().enumerate() {
-        // Pingora gives each accepted connection a 64 KiB read buffer and a 1460-byte write
-        // buffer. Its HTTP/1 parser reads the request head into a buffer of its own anyway and
-        // a WebSocket tunnel reads through a per-thread one, so an idle WebSocket would hold
-        // them for nothing: unbuffered, an idle WebSocket costs about 5 KiB instead of ~60.
-        // (What this costs plain HTTP in syscalls is for the benchmark to show.)
+        // Pingora gives each accepted connection a 64 KiB read buffer. Its HTTP/1 parser reads
+        // the request head into a buffer of its own anyway and a WebSocket tunnel reads through a
+        // per-thread one, so an idle WebSocket would hold it for nothing (58 -> 6 KiB measured).
+        // The write buffer is a trade: see server.downstream_write_buffer.
         let mut endpoint =
-            ListenerConfig::tcp(addr.as_str()).l4_buffer(L4BufferSettings::new(0, 0));
+            ListenerConfig::tcp(addr.as_str()).l4_buffer(L4BufferSettings::new(0, write_buffer));
         if let Some(certs) = tls {
             let store = Arc::new(CertStore::new(Arc::clone(certs)));
             match TlsSettings::with_callbacks(Box::new(tls::NoCallbacks)) {

@@ -1,0 +1,186 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark of portico, nginx and HAProxy on loopback (`make bench`).
+
+Each proxy runs alone on CPU 0 with one worker, upstream keepalive and the same forwarding
+headers; the origins and the load generator run on CPU 1. For each proxy:
+  - HTTP: wrk, 1 thread, 32 connections, DURATION seconds: requests/s, p50/p99 latency, and the
+    proxy's CPU time per request (utime+stime from /proc, so the figure holds even when the
+    proxy is not the bottleneck);
+  - idle WebSockets: RSS growth per connection with N open (tests/bench/ws_memory.py).
+Prints one table with every figure also as a ratio to nginx and to HAProxy. Loopback only;
+every run is bounded in time.
+
+usage: bench.py PORTICO_BINARY ECHO_ORIGIN_BINARY [DURATION_S [IDLE_WS]]
+"""
+import os, re, shutil, signal, socket, subprocess, sys, tempfile, time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ORIGIN_HTTP, ORIGIN_WS = 3101, 3003  # nginx origin; the demo echo origin listens on 3003
+PORTS = {"portico": 3201, "nginx": 3202, "haproxy": 3203}
+CLK = os.sysconf("SC_CLK_TCK")
+
+def wait_port(port, timeout=10):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK
+
+def children_cpu(pid):
+    """CPU of pid and its threads; nginx's work happens in its single worker child."""
+    total = cpu_seconds(pid)
+    for child in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split():
+        total += cpu_seconds(int(child))
+    return total
+
+def worker_pid(name, pid):
+    if name != "nginx":
+        return pid
+    kids = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return int(kids[0])
+
+def configs(tmp):
+    nginx_origin = f"""
+worker_processes 1; pid {tmp}/origin.pid; error_log {tmp}/origin-error.log;
+events {{ worker_connections 4096; }}
+http {{ access_log off;
+  server {{ listen 127.0.0.1:{ORIGIN_HTTP} reuseport; keepalive_requests 1000000;
+    location / {{ return 200 "ok\\n"; }} }} }}
+"""
+    nginx_proxy = f"""
+worker_processes 1; pid {tmp}/nginx.pid; error_log {tmp}/nginx-error.log; worker_rlimit_nofile 65536;
+events {{ worker_connections 60000; }}
+http {{ access_log off;
+  upstream web {{ server 127.0.0.1:{ORIGIN_HTTP}; keepalive 64; keepalive_requests 1000000; }}
+  upstream ws {{ server 127.0.0.1:{ORIGIN_WS}; }}
+  map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}
+  server {{ listen 127.0.0.1:{PORTS['nginx']}; keepalive_requests 1000000;
+    proxy_set_header Host $host;
+    proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+    proxy_set_header X-Real-IP $remote_addr;
+    proxy_set_header X-Forwarded-Proto $scheme;
+    proxy_set_header X-Forwarded-Host $host;
+    location / {{ proxy_pass http://web; proxy_http_version 1.1; proxy_set_header Connection ""; }}
+    location /ws/ {{ proxy_pass http://ws; proxy_http_version 1.1; proxy_read_timeout 1h;
+      proxy_set_header Upgrade $http_upgrade; proxy_set_header Connection $connection_upgrade; }} }} }}
+"""
+    haproxy = f"""
+global
+  nbthread 1
+  maxconn 9000
+defaults
+  mode http
+  timeout connect 3s
+  timeout client 1h
+  timeout server 1h
+  timeout tunnel 1h
+  option forwardfor
+frontend fe
+  bind 127.0.0.1:{PORTS['haproxy']}
+  http-request set-header X-Real-IP %[src]
+  http-request set-header X-Forwarded-Proto http
+  http-request set-header X-Forwarded-Host %[req.hdr(host)]
+  use_backend ws if {{ path_beg /ws/ }}
+  default_backend web
+backend web
+  http-reuse always
+  server o 127.0.0.1:{ORIGIN_HTTP}
+backend ws
+  server w 127.0.0.1:{ORIGIN_WS}
+"""
+    portico = f"""
+server: {{threads: 1, pid_file: {tmp}/portico.pid, upgrade_sock: {tmp}/portico.sock}}
+listeners: [{{address: '127.0.0.1:{PORTS['portico']}'}}]
+access_log: {{path: /dev/null}}
+upstreams:
+  web: {{peers: ['127.0.0.1:{ORIGIN_HTTP}']}}
+  ws: {{peers: ['127.0.0.1:{ORIGIN_WS}']}}
+routes:
+  - {{path_prefix: /ws/, upstream: ws}}
+  - {{path_prefix: /, upstream: web}}
+"""
+    files = {}
+    for name, text in [("origin.conf", nginx_origin), ("nginx.conf", nginx_proxy), ("haproxy.cfg", haproxy), ("portico.yaml", portico)]:
+        path = os.path.join(tmp, name)
+        with open(path, "w") as f:
+            f.write(text)
+        files[name] = path
+    return files
+
+def wrk(port, duration):
+    out = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", "-c32", f"-d{duration}s", "--latency", f"http://127.0.0.1:{port}/"],
+                         capture_output=True, text=True, timeout=duration + 30).stdout
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    lat = dict(re.findall(r"^\s+(50|99)%\s+([\d.]+\w+)", out, re.M))
+    def ms(v):
+        num, unit = re.match(r"([\d.]+)(\w+)", v).groups()
+        return float(num) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+    return requests, int(errors.group(1)) if errors else 0, ms(lat["50"]), ms(lat["99"])
+
+def main():
+    portico_bin, echo_bin = sys.argv[1], sys.argv[2]
+    duration = int(sys.argv[3]) if len(sys.argv) > 3 else 10
+    idle_ws = int(sys.argv[4]) if len(sys.argv) > 4 else 2000
+    tmp = tempfile.mkdtemp(prefix="portico-bench-")
+    files = configs(tmp)
+    started = []
+    def start(cmd, cpu):
+        p = subprocess.Popen(["taskset", "-c", cpu] + cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        started.append(p)
+        return p
+    try:
+        start(["nginx", "-c", files["origin.conf"], "-p", tmp, "-g", "daemon off;"], "1")
+        start([echo_bin], "1")
+        wait_port(ORIGIN_HTTP); wait_port(ORIGIN_WS)
+        cmds = {
+            "portico": [portico_bin, "-c", files["portico.yaml"]],
+            "nginx": ["nginx", "-c", files["nginx.conf"], "-p", tmp, "-g", "daemon off;"],
+            "haproxy": ["haproxy", "-f", files["haproxy.cfg"], "-db"],
+        }
+        results = {}
+        for name, cmd in cmds.items():
+            env_proc = start(cmd, "0")
+            wait_port(PORTS[name]); time.sleep(0.5)
+            pid = worker_pid(name, env_proc.pid)
+            wrk(PORTS[name], 2)  # warm-up
+            before = children_cpu(pid)
+            requests, errors, p50, p99 = wrk(PORTS[name], duration)
+            cpu = children_cpu(pid) - before
+            mem = subprocess.run([sys.executable, os.path.join(HERE, "ws_memory.py"), str(pid), str(PORTS[name]), str(idle_ws), "20"],
+                                 capture_output=True, text=True, timeout=300).stdout
+            kib = float(re.search(r"([\d.]+) KiB per connection", mem).group(1))
+            results[name] = {"rps": requests / duration, "p50": p50, "p99": p99, "cpu_us": cpu * 1e6 / requests, "ws_kib": kib, "errors": errors}
+            env_proc.send_signal(signal.SIGINT if name == "portico" else signal.SIGTERM)
+            env_proc.wait(timeout=20)
+        print(f"\nportico benchmark, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs, loopback, 1 worker each, "
+              f"wrk -t1 -c32 -d{duration}s, {idle_ws} idle WebSockets")
+        print(f"{'':9}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'CPU us/req':>12}{'KiB/idle WS':>13}{'non-2xx':>9}")
+        for name, r in results.items():
+            print(f"{name:9}{r['rps']:>10.0f}{r['p50']:>9.3f}{r['p99']:>9.3f}{r['cpu_us']:>12.1f}{r['ws_kib']:>13.2f}{r['errors']:>9}")
+        p = results["portico"]
+        for other in ("nginx", "haproxy"):
+            o = results[other]
+            print(f"portico / {other}: CPU per request {p['cpu_us'] / o['cpu_us']:.2f}x, p99 {p['p99'] / o['p99']:.2f}x, "
+                  f"KiB per idle WebSocket {p['ws_kib'] / o['ws_kib']:.2f}x, req/s {p['rps'] / o['rps']:.2f}x")
+    finally:
+        for p in started:
+            if p.poll() is None:
+                p.terminate()
+        for p in started:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+if __name__ == "__main__":
+    main()
