@@ -61,18 +61,16 @@ impl BackgroundService for AdminService {
         // Serves on through a drain (the drain service sets DRAINING); the runtime ends this
         // task at the very end.
         loop {
-            tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok((stream, _)) => {
-                        let snapshot = Arc::clone(&self.snapshot);
-                        tokio::spawn(async move {
-                            if let Err(e) = serve(stream, &snapshot).await {
-                                debug!("admin connection: {e}");
-                            }
-                        });
-                    }
-                    Err(e) => error!("admin accept: {e}"),
-                },
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    let snapshot = Arc::clone(&self.snapshot);
+                    tokio::spawn(async move {
+                        if let Err(e) = serve(stream, &snapshot).await {
+                            debug!("admin connection: {e}");
+                        }
+                    });
+                }
+                Err(e) => error!("admin accept: {e}"),
             }
         }
     }

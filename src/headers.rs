@@ -168,10 +168,6 @@ impl HeaderRules {
         HeaderRules { remove, set, add }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.remove.is_empty() && self.set.is_empty() && self.add.is_empty()
-    }
-
     /// Applies the rules to a request or response header: remove, then set (replacing every
     /// value), then add (appending).
     pub fn apply(&self, h: &mut impl HeaderEdit) {

@@ -590,8 +590,8 @@ async fn stand_in(session: &Session) -> Result<ServerSession> {
 /// Picks the next peer of `group` for this request, one it has not tried, and counts the
 /// request on it. `Err`: 503 when no peer is healthy, 502 when every one was tried.
 fn next_peer(ctx: &mut RequestCtx, group: &UpstreamGroup) -> Result<Arc<Peer>> {
-    let key = ip_key(ctx.client_ip);
-    let Some(peer) = group.select(&key, &ctx.tried) else {
+    let key = IpKey::new(ctx.client_ip);
+    let Some(peer) = group.select(key.as_bytes(), &ctx.tried) else {
         let (code, why) = if ctx.tried.is_empty() {
             (503, "no healthy peer")
         } else {
@@ -723,11 +723,24 @@ fn https_location(host: Option<&str>, req: &RequestHeader) -> String {
     format!("https://{}{pq}", host.unwrap_or("localhost"))
 }
 
-/// The ip_hash key: the address's bytes, so a client hashes the same on every instance.
-fn ip_key(ip: IpAddr) -> Vec<u8> {
-    match ip {
-        IpAddr::V4(v4) => v4.octets().to_vec(),
-        IpAddr::V6(v6) => v6.octets().to_vec(),
+/// The ip_hash key: the address's bytes, so a client hashes the same on every instance. On the
+/// stack: it is built for every request.
+struct IpKey([u8; 16], usize);
+
+impl IpKey {
+    fn new(ip: IpAddr) -> Self {
+        let mut bytes = [0u8; 16];
+        match ip {
+            IpAddr::V4(v4) => {
+                bytes[..4].copy_from_slice(&v4.octets());
+                IpKey(bytes, 4)
+            }
+            IpAddr::V6(v6) => IpKey(v6.octets(), 16),
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.0[..self.1]
     }
 }
 

@@ -27,8 +27,9 @@ pub enum Upgrade {
     Invalid { status: u16, why: &'static str },
 }
 
-fn tokens(req: &RequestHeader, name: header::HeaderName) -> impl Iterator<Item = &str> {
-    req.headers
+/// The comma-separated tokens of every `name` header (`Connection: keep-alive, Upgrade`).
+fn tokens(headers: &http::HeaderMap, name: header::HeaderName) -> impl Iterator<Item = &str> {
+    headers
         .get_all(name)
         .into_iter()
         .filter_map(|v| v.to_str().ok())
@@ -38,7 +39,7 @@ fn tokens(req: &RequestHeader, name: header::HeaderName) -> impl Iterator<Item =
 
 /// RFC 6455 section 4.2.1, checked before anything reaches a peer.
 pub fn check(req: &RequestHeader) -> Upgrade {
-    if !tokens(req, header::UPGRADE).any(|t| t.eq_ignore_ascii_case("websocket")) {
+    if !tokens(&req.headers, header::UPGRADE).any(|t| t.eq_ignore_ascii_case("websocket")) {
         return Upgrade::No;
     }
     let invalid = |why| Upgrade::Invalid { status: 400, why };
@@ -48,7 +49,7 @@ pub fn check(req: &RequestHeader) -> Upgrade {
     if req.version != http::Version::HTTP_11 {
         return invalid("a websocket upgrade needs HTTP/1.1\n");
     }
-    if !tokens(req, header::CONNECTION).any(|t| t.eq_ignore_ascii_case("upgrade")) {
+    if !tokens(&req.headers, header::CONNECTION).any(|t| t.eq_ignore_ascii_case("upgrade")) {
         return invalid("Connection must contain upgrade\n");
     }
     // A body on an upgrade request would be tunnelled as if the client had sent frames.
@@ -101,7 +102,7 @@ pub fn upstream_request(
     strip: Option<&str>,
 ) -> pingora::Result<Vec<u8>> {
     let mut req = original.clone();
-    let nominated: Vec<String> = tokens(original, header::CONNECTION)
+    let nominated: Vec<String> = tokens(&original.headers, header::CONNECTION)
         .filter(|t| !t.eq_ignore_ascii_case("upgrade"))
         .map(str::to_owned)
         .collect();
@@ -208,13 +209,7 @@ pub async fn exchange(peer: &mut Stream, request: &[u8], timeout: Duration) -> i
 /// plain response and never tunnelled.
 pub fn is_switch(answer: &Answer) -> bool {
     let h = &answer.head.headers;
-    let has = |name: header::HeaderName, token: &str| {
-        h.get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
-    };
+    let has = |name, token: &str| tokens(h, name).any(|t| t.eq_ignore_ascii_case(token));
     answer.status == 101 && has(header::UPGRADE, "websocket") && has(header::CONNECTION, "upgrade")
 }
 
