@@ -450,19 +450,22 @@ impl Load {
     }
 }
 
-/// For a binary upgrade: no failure but, at most, one connection reset at the hand-off
+/// For a binary upgrade: no failure but, at most, one connection dropped at the hand-off
 /// instant. Pingora 0.9.1 drops a connection it accepted but has not read a request from yet
 /// when its shutdown starts (`handle_new_request` races `read_request` with shutdown); a
-/// client whose request was still on its way when the old process stopped sees a reset. The
+/// client whose request was still on its way when the old process stopped sees a reset, or a
+/// close with no response. The
 /// fix is TCP_DEFER_ACCEPT on the listener, which Pingora's socket options do not offer yet.
 pub fn assert_handoff_failures(samples: &[Sample]) -> usize {
     let failed: Vec<_> = samples
         .iter()
         .filter_map(|s| s.outcome.as_ref().err())
         .collect();
+    // The dropped connection shows as a reset when the request had reached the socket, and as
+    // a close with nothing read when it had not: the same race either way.
     let resets = failed
         .iter()
-        .filter(|e| e.contains("reset by peer"))
+        .filter(|e| e.contains("reset by peer") || e.as_str() == "no response in 0 bytes")
         .count();
     assert!(
         failed.len() == resets && resets <= 1,
