@@ -5,7 +5,7 @@ use crate::accesslog;
 use crate::admin::{self, AdminService};
 use crate::cli::Cli;
 use crate::drain::DrainService;
-use crate::handoff::{self, PidFile};
+use crate::handoff::{self, PidFile, SuccessorService};
 use crate::proxy::Portico;
 use crate::reload::ReloadService;
 use crate::snapshot::Snapshot;
@@ -122,6 +122,11 @@ pub fn run(cli: &Cli, snapshot: Snapshot) -> ! {
         };
         server.add_service(background_service("admin", service));
     }
+    let (program, args) = handoff::successor_command(&cli.conf, cli.daemon);
+    server.add_service(background_service(
+        "upgrade on SIGUSR2",
+        SuccessorService { program, args },
+    ));
     server.add_service(background_service(
         "config reload",
         ReloadService {
@@ -169,6 +174,9 @@ fn server_conf(snapshot: &Snapshot, cli: &Cli) -> ServerConf {
                 .map_or(DEFAULT_SHUTDOWN_TIMEOUT, |d| d.0),
         )),
         daemon: cli.daemon,
+        // A daemon keeps the working directory: relative paths in the file (certificates,
+        // tokens, logs) mean the same on every reload.
+        working_directory: std::env::current_dir().ok(),
         ..ServerConf::default()
     };
     if let Some(n) = s.upstream_keepalive_pool_size {

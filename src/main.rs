@@ -11,11 +11,17 @@ const EXIT_BAD_CONFIG: i32 = 64;
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let cli = Cli::parse();
-    // SIGHUP's default action kills the process: neutralize it before anything else runs, so a
-    // reload signal that arrives before the reload service listens is not fatal.
-    if let Err(e) = signal_hook::flag::register(signal_hook::consts::SIGHUP, Default::default()) {
-        eprintln!("portico: cannot install the SIGHUP handler: {e}");
+    let mut cli = Cli::parse();
+    // Reloads and a successor read the file again, possibly after a daemon's chdir.
+    if let Ok(abs) = std::path::absolute(&cli.conf) {
+        cli.conf = abs;
+    }
+    // SIGHUP's and SIGUSR2's default action kills the process: neutralize them before anything
+    // else runs, so a signal that arrives before its service listens is not fatal.
+    for sig in [signal_hook::consts::SIGHUP, signal_hook::consts::SIGUSR2] {
+        if let Err(e) = signal_hook::flag::register(sig, Default::default()) {
+            eprintln!("portico: cannot install the handler of signal {sig}: {e}");
+        }
     }
 
     let snapshot = config::load(&cli.conf).and_then(|loaded| Snapshot::build(&loaded, None));

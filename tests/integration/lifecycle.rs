@@ -260,3 +260,172 @@ async fn the_shipped_upgrade_command_hands_over_under_load() {
         samples.len()
     );
 }
+
+fn pid_in(proxy: &Proxy) -> Option<u32> {
+    std::fs::read_to_string(proxy.dir.path().join("portico.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn children_of(pid: u32) -> String {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    tasks
+        .map(|t| std::fs::read_to_string(t.unwrap().path().join("children")).unwrap_or_default())
+        .collect()
+}
+
+/// SIGUSR2 (the systemd way): the running process starts its own successor, which takes the
+/// sockets over under load; no request fails and the pid file names the new process, a child
+/// of the old one (so it stays in the service's cgroup), before the old one exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigusr2_starts_a_successor_that_takes_over_under_load() {
+    let origin = HttpOrigin::start("a").await;
+    let mut proxy = Proxy::start(&format!(
+        "upstreams:\n  app: {{peers: ['{}']}}\nroutes:\n  - {{upstream: app}}\n",
+        origin.addr
+    ))
+    .await;
+    let old_pid = proxy.pid();
+    let load = Load::start(proxy.addr, 4, "/");
+    tokio::time::sleep(Duration::from_millis(300)).await; // load on the old process alone
+    proxy.signal("USR2");
+    let mut adopted = None;
+    eventually("the pid file names the successor", || {
+        let new = pid_in(&proxy).filter(|p| *p != old_pid);
+        if let Some(new) = new {
+            // Checked while the old process still runs: the successor is its child.
+            adopted.get_or_insert(
+                children_of(old_pid)
+                    .split_whitespace()
+                    .any(|c| c == new.to_string()),
+            );
+        }
+        async move { new.is_some() }
+    })
+    .await;
+    let new_pid = pid_in(&proxy).unwrap();
+    let _new = KillOnDrop(new_pid);
+    assert_eq!(
+        adopted,
+        Some(true),
+        "the successor {new_pid} is not a child of {old_pid}"
+    );
+    let status = proxy
+        .wait_exit(Duration::from_secs(30))
+        .await
+        .expect("the old process did not exit after the hand-off");
+    assert!(status.success(), "the old process exited with {status}");
+    tokio::time::sleep(Duration::from_millis(300)).await; // load on the new process alone
+    let samples = load.stop().await;
+    let resets = assert_handoff_failures(&samples);
+    assert!(samples.len() > 100, "only {} requests", samples.len());
+    let logs = proxy.logs();
+    assert!(
+        logs.contains(&format!("started the successor {BIN} as pid {new_pid}")),
+        "{logs}"
+    );
+    assert!(
+        logs.contains(&format!("sent SIGQUIT to the old process {old_pid}")),
+        "{logs}"
+    );
+    assert_eq!(get(proxy.addr, "/", &[]).await.status, 200);
+    assert_eq!(
+        pid_in(&proxy),
+        Some(new_pid),
+        "the old process left the pid file alone"
+    );
+    eprintln!(
+        "SIGUSR2 upgrade under load: {} requests, {resets} reset at the hand-off",
+        samples.len()
+    );
+}
+
+/// A successor that cannot start (the file on disk is now invalid) exits; the old process
+/// says so, reaps it, keeps serving, and a later SIGUSR2 with a good file upgrades.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_successor_leaves_the_old_process_serving() {
+    let origin = HttpOrigin::start("a").await;
+    let body = format!(
+        "upstreams:\n  app: {{peers: ['{}']}}\nroutes:\n  - {{upstream: app}}\n",
+        origin.addr
+    );
+    let mut proxy = Proxy::start(&body).await;
+    let old_pid = proxy.pid();
+    proxy.rewrite("routes: [{upstream: missing}]\n");
+    proxy.signal("USR2");
+    proxy.wait_for_log("upgrade failed: the successor").await;
+    assert!(proxy.logs().contains("exit status: 64"), "{}", proxy.logs());
+    eventually("the failed successor is reaped", || {
+        let none = children_of(old_pid).trim().is_empty();
+        async move { none }
+    })
+    .await;
+    assert!(proxy.is_running());
+    assert_eq!(pid_in(&proxy), Some(old_pid));
+    assert_eq!(get(proxy.addr, "/", &[]).await.status, 200);
+
+    proxy.rewrite(&body);
+    proxy.signal("USR2");
+    let status = proxy
+        .wait_exit(Duration::from_secs(30))
+        .await
+        .expect("the second SIGUSR2 did not hand over");
+    let new_pid = pid_in(&proxy).expect("a pid file");
+    let _new = KillOnDrop(new_pid);
+    assert!(status.success());
+    assert_ne!(new_pid, old_pid);
+    assert_eq!(get(proxy.addr, "/", &[]).await.status, 200);
+}
+
+/// A daemon keeps its working directory: a relative `-c` and relative paths in the file still
+/// mean the same on SIGHUP (a daemon's chdir to / used to break the reload).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_daemon_with_relative_paths_reloads() {
+    let a = HttpOrigin::start("a").await;
+    let b = HttpOrigin::start("b").await;
+    let dir = tempfile::tempdir().unwrap();
+    let addr = proxy_addr();
+    let conf = |origin: std::net::SocketAddr| {
+        format!(
+            "server: {{threads: 1, pid_file: portico.pid, upgrade_sock: upgrade.sock, grace_period: 1s, graceful_shutdown_timeout: 1s}}\nlisteners:\n  - address: '{addr}'\nupstreams:\n  app: {{peers: ['{origin}']}}\nroutes:\n  - {{upstream: app}}\n"
+        )
+    };
+    std::fs::write(dir.path().join("portico.yaml"), conf(a.addr)).unwrap();
+    let status = std::process::Command::new(BIN)
+        .args(["-d", "-c", "portico.yaml"])
+        .current_dir(dir.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let pid_path = dir.path().join("portico.pid");
+    eventually("the daemon writes its pid file", || {
+        let ok = pid_path.exists();
+        async move { ok }
+    })
+    .await;
+    let pid: u32 = std::fs::read_to_string(&pid_path)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let _daemon = KillOnDrop(pid);
+    eventually("the daemon serves a", || async move {
+        try_get(addr, "/").await.is_ok_and(|r| r.origin() == "a")
+    })
+    .await;
+    std::fs::write(dir.path().join("portico.yaml"), conf(b.addr)).unwrap();
+    assert!(std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
+    eventually("the reloaded daemon serves b", || async move {
+        try_get(addr, "/").await.is_ok_and(|r| r.origin() == "b")
+    })
+    .await;
+}
