@@ -54,6 +54,11 @@ check-deploy: deploy-tools
 		| sed 's/app.default.svc.cluster.local/127.0.0.1/' > target/configmap-portico.yaml
 	$(PORTICO) -t -c target/configmap-portico.yaml
 	sh -n deploy/portico-upgrade
+	@if command -v systemd-analyze >/dev/null; then \
+		sed "s|/usr/local/bin/portico|$(CURDIR)/target/debug/portico|g" deploy/systemd/portico.service \
+			> target/portico.service && systemd-analyze verify target/portico.service 2>target/unit.log; \
+		cat target/unit.log; if [ -s target/unit.log ]; then exit 1; fi; echo "systemd unit ok"; \
+	else echo "systemd-analyze not installed: the unit is not verified"; fi
 
 ## bench: portico, nginx and HAProxy side by side on loopback (installs them and wrk if missing)
 bench: deps
