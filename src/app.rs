@@ -4,6 +4,7 @@
 use crate::accesslog;
 use crate::admin::{self, AdminService};
 use crate::cli::Cli;
+use crate::conn::{self, Connections};
 use crate::drain::DrainService;
 use crate::handoff::{self, PidFile, SuccessorService};
 use crate::proxy::Portico;
@@ -15,10 +16,11 @@ use arc_swap::ArcSwap;
 use pingora::connectors::TransportConnector;
 use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::{L4BufferSettings, ListenerConfig, DEFAULT_L4_WRITE_BUFFER_SIZE};
-use pingora::proxy::http_proxy_service;
+use pingora::proxy::http_proxy;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
 use pingora::services::background::background_service;
+use pingora::services::listening::Service;
 use pingora::tls::ResolvesServerCert;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -80,7 +82,21 @@ pub fn run(cli: &Cli, snapshot: Snapshot) -> ! {
         connector: TransportConnector::new(None),
         drain_limit,
     };
-    let mut proxy = http_proxy_service(&server.configuration, portico);
+    let server_section = &shared.load().server;
+    let header_timeout = server_section
+        .header_timeout
+        .map_or(conn::DEFAULT_HEADER_TIMEOUT, |d| d.0);
+    let keepalive_timeout = server_section
+        .keepalive_timeout
+        .map_or(conn::DEFAULT_KEEPALIVE_TIMEOUT, |d| d.0);
+    let mut proxy = Service::new(
+        "proxy".to_owned(),
+        Connections::new(
+            http_proxy(&server.configuration, portico),
+            header_timeout,
+            keepalive_timeout,
+        ),
+    );
     let mut cert_stores = Vec::new();
     for (i, (addr, tls)) in listeners.iter().enumerate() {
         // Pingora gives each accepted connection a 64 KiB read buffer. Its HTTP/1 parser reads

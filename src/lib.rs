@@ -7,7 +7,8 @@
 //!   `ArcSwap`; [`reload`] builds a new one on SIGHUP and swaps it in.
 //! - [`app`]: the Pingora server: listeners ([`tls`]: certificates by SNI), the proxy
 //!   service, background services;
-//!   [`handoff`]: `-u` finds the old process and signals it once ready for its sockets.
+//!   [`handoff`]: `-u` finds the old process and signals it once ready for its sockets, SIGUSR2
+//!   starts a successor; [`conn`]: each request head must arrive in time (slowloris).
 //! - [`proxy`]: the `ProxyHttp` hooks. A request loads the snapshot once (`new_ctx`), then:
 //!   1. `request_filter`: hostile framing and paths refused ([`checks`]), client IP through trusted proxies ([`headers`]), route by host and
 //!      path ([`routing`]), answer 404 / 301 / 403 / 401 / 429 itself ([`auth`], [`limits`]); a valid WebSocket
@@ -29,6 +30,7 @@ pub mod auth;
 pub mod checks;
 pub mod cli;
 pub mod config;
+pub mod conn;
 pub mod drain;
 pub mod handoff;
 pub mod headers;

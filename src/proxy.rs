@@ -96,6 +96,7 @@ impl ProxyHttp for Portico {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
+        crate::conn::head_read();
         RequestCtx {
             snapshot: self.snapshot.load_full(),
             route: None,

@@ -132,6 +132,14 @@ impl Snapshot {
         if let Some(0) = cfg.server.threads {
             errs.push("server.threads", "must be at least 1");
         }
+        for (key, d) in [
+            ("header_timeout", cfg.server.header_timeout),
+            ("keepalive_timeout", cfg.server.keepalive_timeout),
+        ] {
+            if let Some(d) = d {
+                validate::nonzero(&mut errs, &format!("server.{key}"), d.0);
+            }
+        }
 
         let trusted = TrustedProxies::new(
             cfg.trusted_proxies

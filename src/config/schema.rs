@@ -61,6 +61,12 @@ pub struct ServerSection {
     /// Added key: bytes of write buffering per client connection. The default (1460, Pingora's)
     /// saves CPU on plain HTTP; `0` saves about 1.4 KiB per idle WebSocket (README: Performance).
     pub downstream_write_buffer: Option<Size>,
+    /// Added key: a client must send a whole request head within this time of connecting, or
+    /// the connection is closed (slowloris). Default 10s.
+    pub header_timeout: Option<Duration>,
+    /// Added key: a kept-alive connection must send the next request head within this time of
+    /// the previous response, or it is closed. Default 60s.
+    pub keepalive_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -20,7 +20,8 @@ pub struct Proxy {
     pub conf: PathBuf,
     log: PathBuf,
     child: Child,
-    grace: String,
+    /// The `server` keys (flow style) this proxy was started with.
+    server: String,
 }
 
 impl Proxy {
@@ -32,12 +33,24 @@ impl Proxy {
 
     /// The same with another `server.grace_period`.
     pub async fn start_with_grace(grace: &str, body: &str) -> Proxy {
+        Self::start_with_server(&format!("grace_period: {grace}"), body).await
+    }
+
+    /// The same with `server` keys of its own (flow style, e.g. `header_timeout: 1s`); the
+    /// grace period is 1s unless they say otherwise.
+    pub async fn start_with_server(server: &str, body: &str) -> Proxy {
+        let server = if server.contains("grace_period") {
+            server.to_owned()
+        } else {
+            format!("grace_period: 1s, {server}")
+        };
+        let server = server.trim_end_matches([',', ' ']);
         for _ in 0..3 {
             let dir = tempfile::tempdir().unwrap();
             let addr = proxy_addr();
             let conf = dir.path().join("portico.yaml");
-            std::fs::write(&conf, config_text(dir.path(), addr, grace, body)).unwrap();
-            match Self::spawn(dir, conf, addr, grace).await {
+            std::fs::write(&conf, config_text(dir.path(), addr, server, body)).unwrap();
+            match Self::spawn(dir, conf, addr, server).await {
                 Ok(p) => return p,
                 Err(log) if log.contains("Address already in use") => continue,
                 Err(log) => panic!("portico did not start:\n{log}"),
@@ -50,7 +63,7 @@ impl Proxy {
         dir: tempfile::TempDir,
         conf: PathBuf,
         addr: SocketAddr,
-        grace: &str,
+        server: &str,
     ) -> Result<Proxy, String> {
         let log = dir.path().join("portico.log");
         let out = std::fs::File::create(&log).unwrap();
@@ -68,7 +81,7 @@ impl Proxy {
             conf,
             log,
             child,
-            grace: grace.to_owned(),
+            server: server.to_owned(),
         };
         let deadline = Instant::now() + IO_TIMEOUT;
         while Instant::now() < deadline {
@@ -108,7 +121,7 @@ impl Proxy {
     pub fn rewrite(&self, body: &str) {
         std::fs::write(
             &self.conf,
-            config_text(self.dir.path(), self.addr, &self.grace, body),
+            config_text(self.dir.path(), self.addr, &self.server, body),
         )
         .unwrap();
     }
@@ -185,9 +198,10 @@ impl Drop for Proxy {
     }
 }
 
-fn config_text(dir: &Path, addr: SocketAddr, grace: &str, body: &str) -> String {
+/// `server` is extra keys in flow style (`grace_period: 1s, header_timeout: 1s`).
+fn config_text(dir: &Path, addr: SocketAddr, server: &str, body: &str) -> String {
     format!(
-        "server:\n  threads: 1\n  pid_file: {d}/portico.pid\n  upgrade_sock: {d}/upgrade.sock\n  grace_period: {grace}\n  graceful_shutdown_timeout: 1s\nlisteners:\n  - address: '{addr}'\n{body}",
+        "server: {{threads: 1, pid_file: '{d}/portico.pid', upgrade_sock: '{d}/upgrade.sock', graceful_shutdown_timeout: 1s, {server}}}\nlisteners:\n  - address: '{addr}'\n{body}",
         d = dir.display()
     )
 }

@@ -3,6 +3,8 @@
 
 use crate::harness::*;
 use crate::origins::HttpOrigin;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn hostile_proxy(origin: &HttpOrigin) -> Proxy {
     Proxy::start(&format!(
@@ -192,4 +194,164 @@ async fn bodies_over_the_limit_get_413() {
     )
     .await;
     assert_eq!(unlimited.status, 200, "other routes have no limit");
+}
+
+/// Waits for the server to close `s` (EOF or reset), up to `limit`: how long it took, or `None`
+/// if it is still open. Panics if the server answers instead.
+async fn time_to_close(s: &mut tokio::net::TcpStream, limit: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    let mut buf = [0u8; 512];
+    match tokio::time::timeout(limit, s.read(&mut buf)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => Some(started.elapsed()),
+        Ok(Ok(n)) => panic!("answered: {:?}", String::from_utf8_lossy(&buf[..n])),
+        Err(_) => None,
+    }
+}
+
+fn app_route(origin: &HttpOrigin) -> String {
+    format!(
+        "upstreams:\n  app: {{peers: ['{}']}}\nroutes:\n  - {{upstream: app}}\n",
+        origin.addr
+    )
+}
+
+/// Slowloris: a head trickled a byte every 100 ms (each read well inside Pingora's 60 s
+/// per-read timeout) is cut at `server.header_timeout`, and never reaches the origin; everyone
+/// else is served meanwhile.
+#[tokio::test]
+async fn slowloris_is_cut_at_the_header_timeout() {
+    let origin = HttpOrigin::start("a").await;
+    let proxy = Proxy::start_with_server("header_timeout: 1s", &app_route(&origin)).await;
+    let mut s = connect(proxy.addr, None).await;
+    let started = Instant::now();
+    let head = format!("GET / HTTP/1.1\r\n{H}X-Slow: {}\r\n\r\n", "a".repeat(100));
+    let mut cut = None;
+    for (i, b) in head.bytes().enumerate() {
+        if s.write_all(&[b]).await.is_err() {
+            cut = Some(started.elapsed());
+            break;
+        }
+        if i == 3 {
+            assert_eq!(
+                get(proxy.addr, "/", &[]).await.status,
+                200,
+                "while trickling"
+            );
+        }
+        if time_to_close(&mut s, Duration::from_millis(100))
+            .await
+            .is_some()
+        {
+            cut = Some(started.elapsed());
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "never cut");
+    }
+    let cut = cut.expect("the whole trickled head was accepted");
+    assert!(
+        cut >= Duration::from_millis(900) && cut < Duration::from_secs(3),
+        "cut after {cut:?}, header_timeout is 1s"
+    );
+    assert_eq!(get(proxy.addr, "/", &[]).await.status, 200);
+    assert_eq!(
+        origin.hits(),
+        2,
+        "the trickled request never reached the origin"
+    );
+}
+
+/// The deadline covers the head only: a head in pieces inside it, and then a body slower than
+/// it, are served.
+#[tokio::test]
+async fn a_slow_body_after_a_timely_head_is_served() {
+    let origin = HttpOrigin::start("a").await;
+    let proxy = Proxy::start_with_server("header_timeout: 1s", &app_route(&origin)).await;
+    let mut s = connect(proxy.addr, None).await;
+    for part in [
+        "POST / HTTP/1.1\r\n",
+        H,
+        "Connection: close\r\n",
+        "Content-Length: 6\r\n\r\n",
+    ] {
+        s.write_all(part.as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    for b in b"hello!" {
+        tokio::time::sleep(Duration::from_millis(300)).await; // 1.8 s of body
+        s.write_all(&[*b]).await.unwrap();
+    }
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("no response")
+        .unwrap();
+    let r = parse_response(&out).expect("a response");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["body_len"], 6);
+}
+
+/// A client opens 1,000 connections and sends nothing: another client is served at once, and
+/// all 1,000 are closed at the header timeout instead of Pingora's 60 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_silent_connections_are_closed_and_others_served() {
+    let origin = HttpOrigin::start("a").await;
+    let proxy = Proxy::start_with_server("header_timeout: 1s", &app_route(&origin)).await;
+    let started = Instant::now();
+    let mut silent = Vec::new();
+    for _ in 0..1000 {
+        silent.push(connect(proxy.addr, None).await);
+    }
+    assert_eq!(get(proxy.addr, "/", &[]).await.status, 200);
+    let mut closed = 0;
+    for s in &mut silent {
+        let left = Duration::from_secs(6).saturating_sub(started.elapsed());
+        if time_to_close(s, left).await.is_some() {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, 1000, "silent connections still open after 6 s");
+    assert_eq!(get(proxy.addr, "/", &[]).await.status, 200);
+}
+
+/// Between requests the limit is `server.keepalive_timeout`, for the idle wait and the next
+/// head together: an idle kept-alive connection is closed then, and so is one that trickles
+/// its second head.
+#[tokio::test]
+async fn kept_alive_connections_get_the_keepalive_timeout() {
+    let origin = HttpOrigin::start("a").await;
+    let proxy = Proxy::start_with_server(
+        "header_timeout: 1s, keepalive_timeout: 2s",
+        &app_route(&origin),
+    )
+    .await;
+    let req = format!("GET / HTTP/1.1\r\n{H}\r\n");
+    let (r, mut idle) = send_one(proxy.addr, &req).await;
+    assert_eq!(r.status, 200);
+    let t = time_to_close(&mut idle, Duration::from_secs(6))
+        .await
+        .expect("an idle kept-alive connection stayed open");
+    assert!(
+        t >= Duration::from_millis(1800) && t < Duration::from_secs(4),
+        "closed after {t:?}, keepalive_timeout is 2s"
+    );
+
+    let (r, mut slow) = send_one(proxy.addr, &req).await;
+    assert_eq!(r.status, 200);
+    let started = Instant::now();
+    let mut cut = false;
+    for b in req.bytes().chain(std::iter::repeat(b'x')) {
+        if slow.write_all(&[b]).await.is_err()
+            || time_to_close(&mut slow, Duration::from_millis(200))
+                .await
+                .is_some()
+        {
+            cut = true;
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(6) {
+            break;
+        }
+    }
+    assert!(cut, "a trickled second head was never cut");
+    assert!(started.elapsed() < Duration::from_secs(4));
 }
