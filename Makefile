@@ -4,7 +4,7 @@
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PORTICO := target/debug/portico
 
-.PHONY: deps build run test fmt fmt-check lint check-config deploy-tools check-deploy bench ci
+.PHONY: deps build run test fmt fmt-check lint check-config deploy-tools check-deploy bench fuzz fuzz-tools ci
 
 ## deps: what a fresh Debian machine with Rust lacks (pingora-core builds zlib-ng with cmake)
 deps:
@@ -60,6 +60,24 @@ check-deploy: deploy-tools
 		cat target/unit.log; if [ -s target/unit.log ]; then exit 1; fi; echo "systemd unit ok"; \
 	else echo "systemd-analyze not installed: the unit is not verified"; fi
 
+## fuzz: each cargo-fuzz target (tests/fuzz: config, request, streams) for FUZZ_SECONDS
+## (default 60) on nightly; a crash stops with the input in tests/fuzz/artifacts/
+FUZZ_SECONDS ?= 60
+fuzz-tools:
+	@cargo +nightly --version >/dev/null 2>&1 || rustup toolchain install nightly --profile minimal
+	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+
+fuzz: deps fuzz-tools
+	mkdir -p tests/fuzz/corpus/config tests/fuzz/corpus/request tests/fuzz/corpus/streams
+	cp conf/portico.yaml tests/fixtures/bad/*.yaml tests/fuzz/corpus/config/
+	cp deploy/kubernetes/portico.yaml tests/fuzz/corpus/config/kubernetes.yaml
+	cp tests/fuzz/seeds/request/* tests/fuzz/corpus/request/
+	cd tests/fuzz && cargo +nightly fuzz build -O --fuzz-dir .
+	for t in config request streams; do \
+		(cd tests/fuzz && cargo +nightly fuzz run -O --fuzz-dir . $$t -- \
+			-max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 -print_final_stats=1) || exit 1; \
+	done
+
 ## bench: portico, nginx and HAProxy side by side on loopback (installs them and wrk if missing)
 bench: deps
 	@command -v nginx >/dev/null && command -v haproxy >/dev/null && command -v wrk >/dev/null || \
@@ -68,3 +86,4 @@ bench: deps
 	python3 tests/bench/bench.py target/release/portico target/release/examples/demo_origins
 
 ci: fmt-check lint check-config check-deploy test
+	$(MAKE) fuzz FUZZ_SECONDS=20

@@ -412,3 +412,31 @@ mod tests {
         assert_eq!(u16::from_be_bytes(code), 1001);
     }
 }
+
+/// For the fuzz target `streams`: frame tracking over bytes cut at arbitrary points must end
+/// in the state one pass over them ends in, and a stop at a boundary must be one.
+#[cfg(fuzzing)]
+pub fn fuzz_frames(data: &[u8], cuts: &[usize]) {
+    let mut whole = Frames::default();
+    assert_eq!(whole.feed(data, false), data.len());
+    let mut pieces = Frames::default();
+    let mut at = 0;
+    for &cut in cuts {
+        let end = (at + cut).min(data.len());
+        let mut rest = &data[at..end];
+        while !rest.is_empty() {
+            let n = pieces.feed(rest, true);
+            assert!(n > 0 && n <= rest.len());
+            if n < rest.len() {
+                assert!(pieces.at_boundary(), "stopped inside a frame");
+            }
+            rest = &rest[n..];
+        }
+        at = end;
+    }
+    pieces.feed(&data[at..], false);
+    assert_eq!(
+        (whole.have, whole.remaining, whole.header),
+        (pieces.have, pieces.remaining, pieces.header)
+    );
+}

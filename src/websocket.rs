@@ -410,6 +410,29 @@ impl Chunked {
     }
 }
 
+/// For the fuzz target `streams`: where a chunked body ends must not depend on how its bytes
+/// were cut into reads.
+#[cfg(fuzzing)]
+pub fn fuzz_chunked(data: &[u8], cuts: &[usize]) {
+    let mut whole = Chunked::default();
+    let n_whole = whole.feed(data);
+    assert!(n_whole <= data.len());
+    let mut pieces = Chunked::default();
+    let (mut at, mut n_pieces) = (0usize, 0usize);
+    for &cut in cuts.iter().chain(std::iter::once(&usize::MAX)) {
+        let end = at.saturating_add(cut).min(data.len());
+        n_pieces += pieces.feed(&data[at..end]);
+        at = end;
+    }
+    assert_eq!(
+        whole.state == ChunkState::Done,
+        pieces.state == ChunkState::Done
+    );
+    if whole.state == ChunkState::Done {
+        assert_eq!(n_whole, n_pieces);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
