@@ -9,20 +9,85 @@ use log::info;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::LazyLock;
+use std::sync::Mutex;
+use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
-
-/// `Some(deadline)` once draining: the instant open tunnels are closed with 1001.
-static DRAIN_AT: LazyLock<watch::Sender<Option<Instant>>> =
-    LazyLock::new(|| watch::channel(None).0);
 
 /// Set when a graceful shutdown starts; `/healthz` answers 503 from then on.
 pub static DRAINING: AtomicBool = AtomicBool::new(false);
 
-/// What a tunnel watches to learn when to close.
-pub fn watch() -> watch::Receiver<Option<Instant>> {
-    DRAIN_AT.subscribe()
+/// The drain deadline (the instant open tunnels are closed with 1001), and the wakers of the
+/// tunnels waiting for it. A tunnel registers once, under the same lock that publishes the
+/// deadline, so none can miss it; it then checks `DRAINING` on each poll without the lock.
+/// An idle tunnel costs one slot here (a waker) instead of a watch future of its own.
+struct Waiters {
+    deadline: Option<Instant>,
+    wakers: Vec<Option<Waker>>,
+    free: Vec<usize>,
+}
+
+static WAITERS: Mutex<Waiters> = Mutex::new(Waiters {
+    deadline: None,
+    wakers: Vec::new(),
+    free: Vec::new(),
+});
+
+fn waiters() -> std::sync::MutexGuard<'static, Waiters> {
+    WAITERS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Publishes the deadline and wakes every registered tunnel.
+fn start(deadline: Instant) {
+    let wakers: Vec<Waker> = {
+        let mut w = waiters();
+        w.deadline = Some(deadline);
+        DRAINING.store(true, Ordering::SeqCst);
+        w.wakers.iter_mut().filter_map(Option::take).collect()
+    };
+    wakers.into_iter().for_each(Waker::wake);
+}
+
+/// A tunnel's registration: `None` until its first poll.
+#[derive(Debug, Default)]
+pub struct DrainWatch {
+    slot: Option<usize>,
+}
+
+impl DrainWatch {
+    /// The drain deadline once draining started; before that, makes sure this task is woken
+    /// when it does. The task must be the tunnel's own (its waker never changes), which is
+    /// why the waker is stored only once.
+    pub fn poll(&mut self, cx: &Context<'_>) -> Option<Instant> {
+        if self.slot.is_some() && !DRAINING.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut w = waiters();
+        if let Some(deadline) = w.deadline {
+            return Some(deadline);
+        }
+        let waker = Some(cx.waker().clone());
+        self.slot = Some(match w.free.pop() {
+            Some(i) => {
+                w.wakers[i] = waker;
+                i
+            }
+            None => {
+                w.wakers.push(waker);
+                w.wakers.len() - 1
+            }
+        });
+        None
+    }
+}
+
+impl Drop for DrainWatch {
+    fn drop(&mut self) {
+        if let Some(i) = self.slot {
+            let mut w = waiters();
+            w.wakers[i] = None;
+            w.free.push(i);
+        }
+    }
 }
 
 /// How long nothing may be in flight before the drained process exits on its own.
@@ -40,9 +105,8 @@ impl BackgroundService for DrainService {
         if shutdown.changed().await.is_err() {
             return;
         }
-        DRAINING.store(true, Ordering::SeqCst);
         let deadline = Instant::now() + self.grace_period;
-        DRAIN_AT.send_replace(Some(deadline));
+        start(deadline);
         info!("draining: open WebSockets get a 1001 close in {:?}; exiting as soon as nothing is open", self.grace_period);
         // Pingora would sleep out the whole grace period; leave as soon as nothing is open
         // (for a short quiet spell, so a connection accepted just before the listener closed

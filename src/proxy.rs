@@ -4,13 +4,12 @@
 
 use crate::accesslog::{self, Entry};
 use crate::checks;
-use crate::drain;
 use crate::headers::{self, Forwarded};
 use crate::limits::{self, ConnectionSlot};
 use crate::metrics::{status_class, METRICS};
 use crate::routing;
 use crate::snapshot::{Route, SharedSnapshot, Snapshot};
-use crate::tunnel;
+use crate::tunnel::Tunnel;
 use crate::upstream::{InflightGuard, Peer, UpstreamGroup};
 use crate::websocket::{self, Upgrade};
 use async_trait::async_trait;
@@ -23,8 +22,11 @@ use pingora::protocols::http::ServerSession;
 use pingora::protocols::Digest;
 use pingora::proxy::{ProxyHttp, Session};
 use prometheus::IntGauge;
+use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 
@@ -527,11 +529,13 @@ impl Portico {
                     .map(str::to_owned)
             };
             let job = TunnelJob {
-                client,
-                upstream,
-                first: answer.rest,
-                idle: route.websocket.idle_timeout,
-                drain_limit: self.drain_limit,
+                tunnel: Tunnel::new(
+                    client,
+                    upstream,
+                    answer.rest,
+                    route.websocket.idle_timeout,
+                    self.drain_limit,
+                ),
                 client_ip: ctx.client_ip,
                 method: req.method.to_string(),
                 uri: req.uri.to_string(),
@@ -550,7 +554,7 @@ impl Portico {
                 ),
             };
             ctx.handed_off = true;
-            tokio::spawn(job.run());
+            tokio::spawn(job);
         } else {
             METRICS
                 .websocket_upgrades
@@ -646,61 +650,58 @@ fn account(e: &Entry) {
     accesslog::write(e);
 }
 
-/// An upgraded connection on its own task: both streams, what its access-log line needs, and
-/// the guards that count it (peer in-flight, open WebSockets, per-client slot, in flight).
-struct TunnelJob {
-    client: pingora::protocols::Stream,
-    upstream: pingora::protocols::Stream,
-    first: Bytes,
-    idle: Duration,
-    drain_limit: Duration,
-    client_ip: IpAddr,
-    method: String,
-    uri: String,
-    version: http::Version,
-    referer: Option<String>,
-    user_agent: Option<String>,
-    route: Arc<str>,
-    upstream_name: String,
-    peer: SocketAddr,
-    started: Instant,
-    _held: (
-        Option<InflightGuard>,
-        GaugeGuard,
-        Option<ConnectionSlot>,
-        Option<GaugeGuard>,
-    ),
+pin_project_lite::pin_project! {
+    /// An upgraded connection on its own task: the tunnel, what its access-log line needs, and
+    /// the guards that count it (peer in-flight, open WebSockets, per-client slot, in flight).
+    /// A future by hand, so the task holds the tunnel once (an `async` block moving it into an
+    /// `.await` keeps room for it twice).
+    struct TunnelJob {
+        #[pin]
+        tunnel: Tunnel,
+        client_ip: IpAddr,
+        method: String,
+        uri: String,
+        version: http::Version,
+        referer: Option<String>,
+        user_agent: Option<String>,
+        route: Arc<str>,
+        upstream_name: String,
+        peer: SocketAddr,
+        started: Instant,
+        _held: (
+            Option<InflightGuard>,
+            GaugeGuard,
+            Option<ConnectionSlot>,
+            Option<GaugeGuard>,
+        ),
+    }
 }
 
-impl TunnelJob {
-    async fn run(self) {
-        let outcome = tunnel::run(
-            self.client,
-            self.upstream,
-            self.first,
-            self.idle,
-            drain::watch(),
-            self.drain_limit,
-        )
-        .await;
+impl Future for TunnelJob {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        let outcome = ready!(this.tunnel.poll(cx));
         account(&Entry {
-            client: self.client_ip,
-            method: &self.method,
-            uri: &self.uri,
-            version: self.version,
+            client: *this.client_ip,
+            method: this.method,
+            uri: this.uri,
+            version: *this.version,
             status: 101,
             bytes_sent: outcome.peer_to_client as usize,
             bytes_received: outcome.client_to_peer as usize,
-            duration: self.started.elapsed(),
-            route: &self.route,
-            upstream: &self.upstream_name,
-            peer: Some(self.peer),
-            referer: self.referer.as_deref(),
-            user_agent: self.user_agent.as_deref(),
+            duration: this.started.elapsed(),
+            route: this.route,
+            upstream: this.upstream_name,
+            peer: Some(*this.peer),
+            referer: this.referer.as_deref(),
+            user_agent: this.user_agent.as_deref(),
             upgraded: true,
             end: Some(outcome.end.as_str()),
             error: None,
         });
+        Poll::Ready(())
     }
 }
 

@@ -10,15 +10,17 @@
 //! bytes the destination cannot take yet are copied into a per-direction `Vec`, freed as soon
 //! as they are written. An idle tunnel therefore holds no buffer at all.
 
+use crate::drain::DrainWatch;
 use bytes::Bytes;
 use pingora::protocols::Stream;
 use std::cell::RefCell;
-use std::future::poll_fn;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Sleep;
 
 /// The per-thread read buffer: one per worker thread, shared by every tunnel on it.
 const READ_BUF: usize = 16 * 1024;
@@ -162,7 +164,8 @@ impl Direction {
         cx: &mut Context<'_>,
         src: &mut Stream,
         dst: &mut Stream,
-        drain: Option<&[u8]>,
+        // Draining: `Some(masked)`, the close frame this direction ends with.
+        drain: Option<bool>,
         active: &mut bool,
     ) -> Poll<io::Result<()>> {
         loop {
@@ -184,9 +187,9 @@ impl Direction {
             if self.done {
                 return Poll::Ready(Ok(()));
             }
-            if let Some(close) = drain {
+            if let Some(masked) = drain {
                 if !self.closed_by_us && self.frames.at_boundary() {
-                    self.pending = close.to_vec();
+                    self.pending = close_frame(masked);
                     self.closed_by_us = true;
                     self.eof = true;
                     self.needs_flush = true;
@@ -235,108 +238,169 @@ impl Direction {
     }
 }
 
-/// Runs the tunnel until both sides close, the idle timeout passes with no byte either way,
-/// or `drain_at` (the end of the grace period) arrives; then both sides get a 1001 close at
-/// a frame boundary, waiting at most `drain_limit` for a frame in flight to end.
-/// `to_client_first` holds bytes the peer sent right after its 101 head.
-pub async fn run(
-    mut client: Stream,
-    mut peer: Stream,
-    to_client_first: Bytes,
-    idle: Duration,
-    mut drain_at: tokio::sync::watch::Receiver<Option<Instant>>,
-    drain_limit: Duration,
-) -> Outcome {
-    let mut c2p = Direction::default();
-    let mut p2c = Direction::default();
-    if !to_client_first.is_empty() {
-        p2c.frames.feed(&to_client_first, false);
-        p2c.bytes = to_client_first.len() as u64;
-        p2c.pending = to_client_first.to_vec();
-        p2c.needs_flush = true;
+/// Where a tunnel is in its life.
+#[derive(Debug, Clone, Copy)]
+enum Phase {
+    Open,
+    /// Draining started; at this instant (the end of the grace period) the close frames go.
+    DrainAt(Instant),
+    /// Close frames are going out; whatever is still open at this instant is cut.
+    Closing(Instant),
+}
+
+pin_project_lite::pin_project! {
+    /// The tunnel: a future that ends when both sides close, when the idle timeout passes with
+    /// no byte either way, or after the drain (both sides get a 1001 close at a frame boundary,
+    /// waited for at most `drain_limit`).
+    ///
+    /// Written by hand rather than as an `async fn` with `select!`: an idle WebSocket is this
+    /// struct and its task, so every byte counts. One timer serves the idle timeout and both
+    /// drain instants, and the drain is a waker slot ([`DrainWatch`]) rather than a watch
+    /// future.
+    pub struct Tunnel {
+        client: Stream,
+        peer: Stream,
+        c2p: Direction,
+        p2c: Direction,
+        #[pin]
+        timer: Sleep,
+        last_active: Instant,
+        idle: Duration,
+        drain_limit: Duration,
+        phase: Phase,
+        drain: DrainWatch,
     }
-    // It is a slice of the handshake's read buffer: keeping it would keep that whole buffer
-    // alive for as long as the tunnel lives.
-    drop(to_client_first);
-    let to_peer_close = close_frame(true);
-    let to_client_close = close_frame(false);
+}
 
-    let mut last_active = Instant::now();
-    let idle_sleep = tokio::time::sleep(idle);
-    tokio::pin!(idle_sleep);
-    let mut draining = false;
-    let mut hard_stop: Option<Pin<Box<tokio::time::Sleep>>> = None;
-    let mut drain_sleep: Option<Pin<Box<tokio::time::Sleep>>> = None;
+impl Tunnel {
+    /// `to_client_first` holds bytes the peer sent right after its 101 head.
+    pub fn new(
+        client: Stream,
+        peer: Stream,
+        to_client_first: Bytes,
+        idle: Duration,
+        drain_limit: Duration,
+    ) -> Tunnel {
+        let mut p2c = Direction::default();
+        if !to_client_first.is_empty() {
+            p2c.frames.feed(&to_client_first, false);
+            p2c.bytes = to_client_first.len() as u64;
+            // A copy: the Bytes is a slice of the handshake's read buffer, which it would keep
+            // alive for as long as the tunnel lives.
+            p2c.pending = to_client_first.to_vec();
+            p2c.needs_flush = true;
+        }
+        let now = Instant::now();
+        Tunnel {
+            client,
+            peer,
+            c2p: Direction::default(),
+            p2c,
+            timer: tokio::time::sleep_until((now + idle).into()),
+            last_active: now,
+            idle,
+            drain_limit,
+            phase: Phase::Open,
+            drain: DrainWatch::default(),
+        }
+    }
+}
 
-    let end = loop {
-        let pumped = poll_fn(|cx| {
+impl Future for Tunnel {
+    type Output = Outcome;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
+        let mut this = self.project();
+        loop {
+            if let Phase::Open = this.phase {
+                if let Some(at) = this.drain.poll(cx) {
+                    *this.phase = Phase::DrainAt(at);
+                }
+            }
+            if let Phase::DrainAt(at) = *this.phase {
+                if Instant::now() >= at {
+                    *this.phase = Phase::Closing(Instant::now() + *this.drain_limit);
+                }
+            }
+            let closing = matches!(this.phase, Phase::Closing(_));
             let mut active = false;
-            let (c_close, p_close) = if draining {
-                (Some(&to_peer_close[..]), Some(&to_client_close[..]))
-            } else {
-                (None, None)
-            };
-            let a = c2p.poll(cx, &mut client, &mut peer, c_close, &mut active);
-            let b = p2c.poll(cx, &mut peer, &mut client, p_close, &mut active);
+            // The close frame toward the peer is masked, as a client's.
+            let a = this.c2p.poll(
+                cx,
+                this.client,
+                this.peer,
+                closing.then_some(true),
+                &mut active,
+            );
+            let b = this.p2c.poll(
+                cx,
+                this.peer,
+                this.client,
+                closing.then_some(false),
+                &mut active,
+            );
             if active {
-                last_active = Instant::now();
+                *this.last_active = Instant::now();
             }
             // One side closing ends a WebSocket (a half-open one is of no use, as nginx and
             // HAProxy also decide); a drain ends once both close frames are out.
-            match (a, b) {
-                (Poll::Ready(Err(_)), _) | (_, Poll::Ready(Err(_))) => Poll::Ready(Err(())),
-                (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => Poll::Ready(Ok(())),
-                (Poll::Ready(Ok(())), _) | (_, Poll::Ready(Ok(()))) if !draining => {
-                    Poll::Ready(Ok(()))
+            let end = match (a, b) {
+                (Poll::Ready(Err(_)), _) | (_, Poll::Ready(Err(_))) => Some(End::Error),
+                (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) if closing => Some(End::Drained),
+                (Poll::Ready(Ok(())), _) | (_, Poll::Ready(Ok(()))) if !closing => {
+                    Some(End::Closed)
                 }
-                _ => Poll::Pending,
+                _ => None,
+            };
+            if let Some(end) = end {
+                return Poll::Ready(Outcome {
+                    end,
+                    client_to_peer: this.c2p.bytes,
+                    peer_to_client: this.p2c.bytes,
+                });
             }
-        });
-        let awaiting_drain = drain_sleep.is_none();
-        let drain_deadline = async {
-            match &mut drain_sleep {
-                Some(s) => s.as_mut().await,
-                None => std::future::pending().await,
+            // The timer is re-armed only when it fires (activity only moves `last_active`),
+            // or when a drain instant comes before it.
+            let idle_at = *this.last_active + *this.idle;
+            let next = match *this.phase {
+                Phase::Open => idle_at,
+                Phase::DrainAt(at) => idle_at.min(at),
+                Phase::Closing(hard) => hard,
+            };
+            if next < this.timer.deadline().into_std() {
+                this.timer.as_mut().reset(next.into());
             }
-        };
-        let hard = async {
-            match &mut hard_stop {
-                Some(s) => s.as_mut().await,
-                None => std::future::pending().await,
+            if this.timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
             }
-        };
-        tokio::select! {
-            r = pumped => break match r {
-                Ok(()) if draining => End::Drained,
-                Ok(()) => End::Closed,
-                Err(()) => End::Error,
-            },
-            _ = &mut idle_sleep, if !draining => {
-                let deadline = last_active + idle;
-                if Instant::now() >= deadline {
-                    break End::Idle;
+            let now = Instant::now();
+            match *this.phase {
+                Phase::Closing(hard) if now >= hard => {
+                    return Poll::Ready(Outcome {
+                        end: End::Drained,
+                        client_to_peer: this.c2p.bytes,
+                        peer_to_client: this.p2c.bytes,
+                    })
                 }
-                idle_sleep.as_mut().reset(deadline.into());
-            }
-            changed = drain_at.changed(), if awaiting_drain => {
-                match (changed, *drain_at.borrow()) {
-                    (Ok(()), Some(at)) => drain_sleep = Some(Box::pin(tokio::time::sleep_until(at.into()))),
-                    (Ok(()), None) => {}
-                    // The sender is gone: the process is ending; drain now.
-                    (Err(_), _) => drain_sleep = Some(Box::pin(tokio::time::sleep(Duration::ZERO))),
+                Phase::Open | Phase::DrainAt(_) if now >= idle_at => {
+                    return Poll::Ready(Outcome {
+                        end: End::Idle,
+                        client_to_peer: this.c2p.bytes,
+                        peer_to_client: this.p2c.bytes,
+                    })
+                }
+                // Fired early for this purpose (activity since, or the drain instant, which
+                // the top of the loop turns into closing): aim at the next instant.
+                _ => {
+                    let next = match *this.phase {
+                        Phase::Open => idle_at,
+                        Phase::DrainAt(at) => idle_at.min(at),
+                        Phase::Closing(hard) => hard,
+                    };
+                    this.timer.as_mut().reset(next.max(now).into());
                 }
             }
-            _ = drain_deadline, if !draining => {
-                draining = true;
-                hard_stop = Some(Box::pin(tokio::time::sleep(drain_limit)));
-            }
-            _ = hard, if draining => break End::Drained,
         }
-    };
-    Outcome {
-        end,
-        client_to_peer: c2p.bytes,
-        peer_to_client: p2c.bytes,
     }
 }
 
