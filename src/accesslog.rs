@@ -20,6 +20,9 @@ static WRITER: OnceLock<Writer> = OnceLock::new();
 
 /// Starts the writer thread (once per process): to `path` (appended) or standard output.
 pub fn init(section: &AccessLogSection) -> std::io::Result<()> {
+    if section.format == AccessLogFormat::Off {
+        return Ok(());
+    }
     let out: Box<dyn Write + Send> = match &section.path {
         Some(p) => Box::new(
             std::fs::OpenOptions::new()
@@ -96,6 +99,7 @@ pub fn write(e: &Entry) {
     let line = match w.format {
         AccessLogFormat::Text => text(e),
         AccessLogFormat::Json => json(e),
+        AccessLogFormat::Off => return,
     };
     if let Err(TrySendError::Full(_)) = w.tx.try_send(line) {
         METRICS.access_log_dropped.inc();

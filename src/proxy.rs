@@ -526,7 +526,7 @@ impl Portico {
                 req.headers
                     .get(name)
                     .and_then(|v: &http::HeaderValue| v.to_str().ok())
-                    .map(str::to_owned)
+                    .map(Box::<str>::from)
             };
             let job = TunnelJob {
                 tunnel: Tunnel::new(
@@ -537,14 +537,13 @@ impl Portico {
                     self.drain_limit,
                 ),
                 client_ip: ctx.client_ip,
-                method: req.method.to_string(),
-                uri: req.uri.to_string(),
+                method: req.method.clone(),
+                uri: req.uri.to_string().into(),
                 version: req.version,
                 referer: text(header::REFERER),
                 user_agent: text(header::USER_AGENT),
                 route: Arc::clone(&route.key),
-                upstream_name: group.name.clone(),
-                peer: peer.addr,
+                group: Arc::clone(group),
                 started: ctx.started,
                 _held: (
                     ctx.inflight.take(),
@@ -659,14 +658,13 @@ pin_project_lite::pin_project! {
         #[pin]
         tunnel: Tunnel,
         client_ip: IpAddr,
-        method: String,
-        uri: String,
+        method: http::Method,
+        uri: Box<str>,
         version: http::Version,
-        referer: Option<String>,
-        user_agent: Option<String>,
+        referer: Option<Box<str>>,
+        user_agent: Option<Box<str>>,
         route: Arc<str>,
-        upstream_name: String,
-        peer: SocketAddr,
+        group: Arc<UpstreamGroup>,
         started: Instant,
         _held: (
             Option<InflightGuard>,
@@ -685,7 +683,7 @@ impl Future for TunnelJob {
         let outcome = ready!(this.tunnel.poll(cx));
         account(&Entry {
             client: *this.client_ip,
-            method: this.method,
+            method: this.method.as_str(),
             uri: this.uri,
             version: *this.version,
             status: 101,
@@ -693,8 +691,8 @@ impl Future for TunnelJob {
             bytes_received: outcome.client_to_peer as usize,
             duration: this.started.elapsed(),
             route: this.route,
-            upstream: this.upstream_name,
-            peer: Some(*this.peer),
+            upstream: &this.group.name,
+            peer: this._held.0.as_ref().map(|g| g.peer().addr),
             referer: this.referer.as_deref(),
             user_agent: this.user_agent.as_deref(),
             upgraded: true,

@@ -45,6 +45,8 @@ pub enum AccessLogFormat {
     #[default]
     Text,
     Json,
+    /// No access log (nginx's `access_log off`); metrics still count every request.
+    Off,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -58,8 +60,8 @@ pub struct ServerSection {
     pub graceful_shutdown_timeout: Option<Duration>,
     /// Idle upstream connections kept for reuse, across all peers (Pingora's pool size).
     pub upstream_keepalive_pool_size: Option<usize>,
-    /// Added key: bytes of write buffering per client connection. The default (1460, Pingora's)
-    /// saves CPU on plain HTTP; `0` saves about 1.4 KiB per idle WebSocket (README: Performance).
+    /// Added key: bytes of write buffering per client connection. The default (1024) saves CPU
+    /// on small HTTP responses; `0` saves 1 KiB per idle WebSocket (README: Performance).
     pub downstream_write_buffer: Option<Size>,
     /// Added key: a client must send a whole request head within this time of connecting, or
     /// the connection is closed (slowloris). Default 10s.

@@ -6,7 +6,10 @@ headers; the origins and the load generator run on CPU 1. For each proxy:
   - HTTP: wrk, 1 thread, 32 connections, DURATION seconds: requests/s, p50/p99 latency, and the
     proxy's CPU time per request (utime+stime from /proc, so the figure holds even when the
     proxy is not the bottleneck);
+  - WebSocket messages: 16 connections echoing a small message back and forth for DURATION
+    seconds (tests/bench/ws_load.py): messages/s and the proxy's CPU time per message;
   - idle WebSockets: RSS growth per connection with N open (tests/bench/ws_memory.py).
+BENCH_ONLY=portico,nginx runs a subset.
 Prints one table with every figure also as a ratio to nginx and to HAProxy. Loopback only;
 every run is bounded in time.
 
@@ -147,7 +150,11 @@ def main():
             "haproxy": ["haproxy", "-f", files["haproxy.cfg"], "-db"],
         }
         results = {}
+        # BENCH_ONLY=portico (a comma list) runs a subset, for quick before/after comparisons.
+        only = [n for n in os.environ.get("BENCH_ONLY", "").split(",") if n]
         for name, cmd in cmds.items():
+            if only and name not in only:
+                continue
             env_proc = start(cmd, "0")
             wait_port(PORTS[name]); time.sleep(0.5)
             pid = worker_pid(name, env_proc.pid)
@@ -155,22 +162,29 @@ def main():
             before = children_cpu(pid)
             requests, errors, p50, p99 = wrk(PORTS[name], duration)
             cpu = children_cpu(pid) - before
+            before = children_cpu(pid)
+            load = subprocess.run(["taskset", "-c", "1", sys.executable, os.path.join(HERE, "ws_load.py"), str(PORTS[name]), "16", str(duration)],
+                                  capture_output=True, text=True, timeout=duration + 60).stdout
+            ws_cpu = children_cpu(pid) - before
+            messages = int(re.search(r"(\d+) messages", load).group(1))
             mem = subprocess.run([sys.executable, os.path.join(HERE, "ws_memory.py"), str(pid), str(PORTS[name]), str(idle_ws), "20"],
                                  capture_output=True, text=True, timeout=300).stdout
             kib = float(re.search(r"([\d.]+) KiB per connection", mem).group(1))
-            results[name] = {"rps": requests / duration, "p50": p50, "p99": p99, "cpu_us": cpu * 1e6 / requests, "ws_kib": kib, "errors": errors}
+            results[name] = {"rps": requests / duration, "p50": p50, "p99": p99, "cpu_us": cpu * 1e6 / requests,
+                             "ws_us": ws_cpu * 1e6 / messages, "ws_mps": messages / duration, "ws_kib": kib, "errors": errors}
             env_proc.send_signal(signal.SIGINT if name == "portico" else signal.SIGTERM)
             env_proc.wait(timeout=20)
         print(f"\nportico benchmark, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs, loopback, 1 worker each, "
               f"wrk -t1 -c32 -d{duration}s, {idle_ws} idle WebSockets")
-        print(f"{'':9}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'CPU us/req':>12}{'KiB/idle WS':>13}{'non-2xx':>9}")
+        print(f"{'':9}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'CPU us/req':>12}{'WS msg/s':>10}{'CPU us/msg':>12}{'KiB/idle WS':>13}{'non-2xx':>9}")
         for name, r in results.items():
-            print(f"{name:9}{r['rps']:>10.0f}{r['p50']:>9.3f}{r['p99']:>9.3f}{r['cpu_us']:>12.1f}{r['ws_kib']:>13.2f}{r['errors']:>9}")
-        p = results["portico"]
+            print(f"{name:9}{r['rps']:>10.0f}{r['p50']:>9.3f}{r['p99']:>9.3f}{r['cpu_us']:>12.1f}{r['ws_mps']:>10.0f}{r['ws_us']:>12.1f}{r['ws_kib']:>13.2f}{r['errors']:>9}")
+        p = results.get("portico")
         for other in ("nginx", "haproxy"):
-            o = results[other]
-            print(f"portico / {other}: CPU per request {p['cpu_us'] / o['cpu_us']:.2f}x, p99 {p['p99'] / o['p99']:.2f}x, "
-                  f"KiB per idle WebSocket {p['ws_kib'] / o['ws_kib']:.2f}x, req/s {p['rps'] / o['rps']:.2f}x")
+            o = results.get(other)
+            if p and o:
+                print(f"portico / {other}: CPU per request {p['cpu_us'] / o['cpu_us']:.2f}x, per WebSocket message {p['ws_us'] / o['ws_us']:.2f}x, "
+                      f"p99 {p['p99'] / o['p99']:.2f}x, KiB per idle WebSocket {p['ws_kib'] / o['ws_kib']:.2f}x, req/s {p['rps'] / o['rps']:.2f}x")
     finally:
         for p in started:
             if p.poll() is None:

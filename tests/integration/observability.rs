@@ -6,6 +6,7 @@ use crate::origins::{HttpOrigin, WsOrigin};
 use futures_util::{SinkExt, StreamExt};
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::time::Duration;
 use tokio_tungstenite::tungstenite::Message;
 
 /// One scrape: `name{sorted labels}` -> value, from the text exposition format.
@@ -323,10 +324,34 @@ async fn json_access_log_has_one_line_per_request_and_per_tunnel() {
         tunnel["bytes_received"].as_u64().unwrap() > 0
             && tunnel["bytes_sent"].as_u64().unwrap() > 0
     );
+    assert_eq!(
+        (&tunnel["method"], &tunnel["uri"], &tunnel["route"]),
+        (&"GET".into(), &"/ws/".into(), &"ws".into())
+    );
+    assert_eq!(tunnel["upstream"], "echo");
+    assert_eq!(tunnel["peer"], ws.addr.to_string());
     assert!(
         !proxy.logs().contains("/page?q=1"),
         "the access log went to its file only"
     );
+}
+
+/// `format: off` writes no line (nginx's `access_log off`); metrics still count.
+#[tokio::test]
+async fn access_log_off_writes_nothing() {
+    let (http, ws) = (HttpOrigin::start("a").await, WsOrigin::start("echo").await);
+    let (proxy, admin) = observed_proxy("access_log: {format: off}\n", &http, &ws).await;
+    assert_eq!(get(proxy.addr, "/silent-page", &[]).await.status, 200);
+    eventually("the request is counted", || async {
+        Scrape::take(admin).await.get(
+            "portico_requests_total",
+            &[("route", "web"), ("upstream", "app"), ("class", "2xx")],
+        ) >= 1.0
+    })
+    .await;
+    // The writer drains every 10 ms: twenty times that and still no line.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!proxy.logs().contains("/silent-page"), "{}", proxy.logs());
 }
 
 #[tokio::test]
