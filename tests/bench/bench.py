@@ -102,7 +102,7 @@ backend ws
     portico = f"""
 server: {{threads: 1, pid_file: {tmp}/portico.pid, upgrade_sock: {tmp}/portico.sock}}
 listeners: [{{address: '127.0.0.1:{PORTS['portico']}'}}]
-access_log: {{path: /dev/null}}
+access_log: {{format: off}}
 upstreams:
   web: {{peers: ['127.0.0.1:{ORIGIN_HTTP}']}}
   ws: {{peers: ['127.0.0.1:{ORIGIN_WS}']}}
