@@ -146,7 +146,8 @@ fn rand_key() -> [u8; 4] {
 struct Direction {
     /// Bytes read but not yet written; empty (no allocation) when caught up.
     pending: Vec<u8>,
-    sent: usize,
+    /// How much of `pending` is written (it holds at most one read, 16 KiB).
+    sent: u32,
     needs_flush: bool,
     eof: bool,
     done: bool,
@@ -169,12 +170,13 @@ impl Direction {
         active: &mut bool,
     ) -> Poll<io::Result<()>> {
         loop {
-            while self.sent < self.pending.len() {
-                let n = ready!(Pin::new(&mut *dst).poll_write(cx, &self.pending[self.sent..]))?;
+            while (self.sent as usize) < self.pending.len() {
+                let from = self.sent as usize;
+                let n = ready!(Pin::new(&mut *dst).poll_write(cx, &self.pending[from..]))?;
                 if n == 0 {
                     return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
                 }
-                self.sent += n;
+                self.sent += n as u32;
             }
             if !self.pending.is_empty() {
                 self.pending = Vec::new();
@@ -266,7 +268,8 @@ pin_project_lite::pin_project! {
         timer: Sleep,
         last_active: Instant,
         idle: Duration,
-        drain_limit: Duration,
+        // Milliseconds (a few hundred at most): every byte of an idle tunnel counts.
+        drain_limit_ms: u32,
         phase: Phase,
         drain: DrainWatch,
     }
@@ -299,7 +302,7 @@ impl Tunnel {
             timer: tokio::time::sleep_until((now + idle).into()),
             last_active: now,
             idle,
-            drain_limit,
+            drain_limit_ms: u32::try_from(drain_limit.as_millis()).unwrap_or(u32::MAX),
             phase: Phase::Open,
             drain: DrainWatch::default(),
         }
@@ -319,7 +322,9 @@ impl Future for Tunnel {
             }
             if let Phase::DrainAt(at) = *this.phase {
                 if Instant::now() >= at {
-                    *this.phase = Phase::Closing(Instant::now() + *this.drain_limit);
+                    *this.phase = Phase::Closing(
+                        Instant::now() + Duration::from_millis(u64::from(*this.drain_limit_ms)),
+                    );
                 }
             }
             let closing = matches!(this.phase, Phase::Closing(_));
