@@ -69,6 +69,9 @@ pub struct ServerSection {
     /// Added key: a kept-alive connection must send the next request head within this time of
     /// the previous response, or it is closed. Default 60s.
     pub keepalive_timeout: Option<Duration>,
+    /// Added key: let worker threads steal each other's tasks (tokio's scheduler). Default
+    /// false: a connection stays on the thread that accepted it, which costs less per request.
+    pub work_stealing: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
