@@ -77,7 +77,10 @@ fn write_loop(rx: Receiver<String>, out: Box<dyn Write + Send>) {
 pub struct Entry<'a> {
     pub client: std::net::IpAddr,
     pub method: &'a str,
-    pub uri: &'a str,
+    /// Formatted only if a line is written (no per-request string when the log is off).
+    pub uri: &'a dyn std::fmt::Display,
+    /// The route's series, when there is a route.
+    pub metrics: Option<&'a crate::metrics::RouteMetrics>,
     pub version: http::Version,
     pub status: u16,
     pub bytes_sent: usize,
@@ -135,7 +138,7 @@ fn json(e: &Entry) -> String {
         "time": humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
         "client": e.client.to_string(),
         "method": e.method,
-        "uri": e.uri,
+        "uri": e.uri.to_string(),
         "version": format!("{:?}", e.version),
         "status": e.status,
         "bytes_sent": e.bytes_sent,

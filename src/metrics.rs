@@ -5,8 +5,8 @@
 
 use crate::snapshot::Snapshot;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::sync::LazyLock;
 
@@ -127,5 +127,35 @@ pub fn status_class(status: u16) -> &'static str {
         4 => "4xx",
         5 => "5xx",
         _ => "0xx",
+    }
+}
+
+/// One route's series, resolved once when the snapshot is built: a request then increments
+/// them without hashing label values or taking the vectors' locks.
+pub struct RouteMetrics {
+    /// By status class: 0xx (no response), 1xx ... 5xx.
+    requests: [IntCounter; 6],
+    pub bytes_sent: IntCounter,
+    pub bytes_received: IntCounter,
+    pub duration: Histogram,
+}
+
+impl RouteMetrics {
+    pub fn new(route: &str, upstream: &str) -> Self {
+        let m = &*METRICS;
+        RouteMetrics {
+            requests: [0, 100, 200, 300, 400, 500].map(|s| {
+                m.requests
+                    .with_label_values(&[route, upstream, status_class(s)])
+            }),
+            bytes_sent: m.bytes_sent.with_label_values(&[route]),
+            bytes_received: m.bytes_received.with_label_values(&[route]),
+            duration: m.request_duration.with_label_values(&[route]),
+        }
+    }
+
+    pub fn requests(&self, status: u16) -> &IntCounter {
+        let class = usize::from(status / 100);
+        &self.requests[if class <= 5 { class } else { 0 }]
     }
 }

@@ -394,7 +394,8 @@ impl ProxyHttp for Portico {
         account(&Entry {
             client: ctx.client_ip,
             method: req.method.as_str(),
-            uri: &req.uri.to_string(),
+            uri: &req.uri,
+            metrics: ctx.route().map(|r| &r.metrics),
             version: req.version,
             status,
             bytes_sent: session.body_bytes_sent(),
@@ -628,23 +629,33 @@ fn connect_failed(ctx: &RequestCtx, group: &UpstreamGroup) -> bool {
 
 /// Counts a finished request (or tunnel) in the metrics and writes its access-log line.
 fn account(e: &Entry) {
-    METRICS
-        .requests
-        .with_label_values(&[e.route, e.upstream, status_class(e.status)])
-        .inc();
-    METRICS
-        .bytes_sent
-        .with_label_values(&[e.route])
-        .inc_by(e.bytes_sent as u64);
-    METRICS
-        .bytes_received
-        .with_label_values(&[e.route])
-        .inc_by(e.bytes_received as u64);
-    if !e.upgraded {
-        METRICS
-            .request_duration
-            .with_label_values(&[e.route])
-            .observe(e.duration.as_secs_f64());
+    match e.metrics {
+        Some(m) => {
+            m.requests(e.status).inc();
+            m.bytes_sent.inc_by(e.bytes_sent as u64);
+            m.bytes_received.inc_by(e.bytes_received as u64);
+            if !e.upgraded {
+                m.duration.observe(e.duration.as_secs_f64());
+            }
+        }
+        // No route (404, refused before routing): the series are looked up.
+        None => {
+            let m = &*METRICS;
+            m.requests
+                .with_label_values(&[e.route, e.upstream, status_class(e.status)])
+                .inc();
+            m.bytes_sent
+                .with_label_values(&[e.route])
+                .inc_by(e.bytes_sent as u64);
+            m.bytes_received
+                .with_label_values(&[e.route])
+                .inc_by(e.bytes_received as u64);
+            if !e.upgraded {
+                m.request_duration
+                    .with_label_values(&[e.route])
+                    .observe(e.duration.as_secs_f64());
+            }
+        }
     }
     accesslog::write(e);
 }
@@ -686,6 +697,7 @@ impl Future for TunnelJob {
             client: *this.client_ip,
             method: this.method.as_str(),
             uri: this.uri,
+            metrics: None,
             version: *this.version,
             status: 101,
             bytes_sent: outcome.peer_to_client as usize,

@@ -6,6 +6,7 @@ use crate::config::schema::{AccessLogSection, ServerSection};
 use crate::config::{validate, ConfigErrors, Loaded};
 use crate::headers::{HeaderRules, TrustedProxies};
 use crate::limits::Limits;
+use crate::metrics::RouteMetrics;
 use crate::routing::Router;
 use crate::tls::Certs;
 use crate::upstream::UpstreamGroup;
@@ -69,6 +70,7 @@ pub struct Route {
     pub redirect_https: bool,
     /// Request bodies above this many bytes get 413.
     pub max_body_size: Option<u64>,
+    pub metrics: RouteMetrics,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -254,6 +256,7 @@ impl Snapshot {
             }
             router.add(host.as_deref(), &prefix, routes.len());
             routes.push(Route {
+                metrics: RouteMetrics::new(&name, &upstream.name),
                 key: Arc::from(name.as_str()),
                 limits: r.rate_limit.as_ref().map(Limits::new),
                 name,
