@@ -138,6 +138,9 @@ pub struct RouteMetrics {
     pub bytes_sent: IntCounter,
     pub bytes_received: IntCounter,
     pub duration: Histogram,
+    /// The route's upstream group's connect and response times.
+    pub upstream_connect: Histogram,
+    pub upstream_response: Histogram,
 }
 
 impl RouteMetrics {
@@ -151,6 +154,8 @@ impl RouteMetrics {
             bytes_sent: m.bytes_sent.with_label_values(&[route]),
             bytes_received: m.bytes_received.with_label_values(&[route]),
             duration: m.request_duration.with_label_values(&[route]),
+            upstream_connect: m.upstream_connect_duration.with_label_values(&[upstream]),
+            upstream_response: m.upstream_response_duration.with_label_values(&[upstream]),
         }
     }
 

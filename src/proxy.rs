@@ -292,9 +292,9 @@ impl ProxyHttp for Portico {
     ) -> Result<()> {
         let now = Instant::now();
         if let (Some(route), Some(started)) = (ctx.route(), ctx.connect_started) {
-            METRICS
-                .upstream_connect_duration
-                .with_label_values(&[route.upstream.name.as_str()])
+            route
+                .metrics
+                .upstream_connect
                 .observe(now.duration_since(started).as_secs_f64());
         }
         ctx.connected = Some(now);
@@ -356,9 +356,9 @@ impl ProxyHttp for Portico {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if let (Some(route), Some(connected)) = (ctx.route(), ctx.connected) {
-            METRICS
-                .upstream_response_duration
-                .with_label_values(&[route.upstream.name.as_str()])
+            route
+                .metrics
+                .upstream_response
                 .observe(connected.elapsed().as_secs_f64());
         }
         Ok(())
