@@ -314,3 +314,122 @@ async fn a_thousand_concurrent_websockets_each_echo_their_own() {
         t.await.unwrap();
     }
 }
+
+/// RFC 7692 message compression, as both ends do it: raw deflate, sync flush, the final
+/// 00 00 ff ff dropped (and put back to inflate).
+fn deflate(text: &[u8]) -> Vec<u8> {
+    let mut c = flate2::Compress::new(flate2::Compression::default(), false);
+    let mut out = Vec::with_capacity(text.len() + 64);
+    c.compress_vec(text, &mut out, flate2::FlushCompress::Sync)
+        .unwrap();
+    assert!(out.ends_with(&[0, 0, 0xff, 0xff]));
+    out.truncate(out.len() - 4);
+    out
+}
+
+fn inflate(data: &[u8]) -> Vec<u8> {
+    let mut d = flate2::Decompress::new(false);
+    let input = [data, &[0, 0, 0xff, 0xff]].concat();
+    let mut out = Vec::with_capacity(1024);
+    d.decompress_vec(&input, &mut out, flate2::FlushDecompress::Sync)
+        .unwrap();
+    out
+}
+
+async fn read_head(s: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(s.read_u8().await.expect("a head"));
+    }
+    String::from_utf8(head).unwrap()
+}
+
+/// One frame with a payload under 126 bytes: its first byte and its unmasked payload.
+async fn read_frame(s: &mut tokio::net::TcpStream) -> (u8, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let b0 = s.read_u8().await.unwrap();
+    let b1 = s.read_u8().await.unwrap();
+    let mut key = [0u8; 4];
+    if b1 & 0x80 != 0 {
+        s.read_exact(&mut key).await.unwrap();
+    }
+    let mut payload = vec![0u8; usize::from(b1 & 0x7f)];
+    s.read_exact(&mut payload).await.unwrap();
+    payload
+        .iter_mut()
+        .enumerate()
+        .for_each(|(i, b)| *b ^= key[i % 4]);
+    (b0, payload)
+}
+
+/// permessage-deflate negotiated end to end: the offer reaches the peer, its answer reaches the
+/// client untouched, and compressed frames (RSV1 set, deflated payloads) cross both ways
+/// unchanged and inflate to the sent text. The origin is a raw one that deflates, since the
+/// test client library does not.
+#[tokio::test]
+async fn permessage_deflate_is_negotiated_end_to_end() {
+    use tokio::io::AsyncWriteExt;
+    const ANSWER: &str = "permessage-deflate; server_no_context_takeover";
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin_addr = listener.local_addr().unwrap();
+    let origin = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let head = read_head(&mut s).await;
+        let offer = head
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("sec-websocket-extensions: ")
+                    .or_else(|| l.strip_prefix("Sec-WebSocket-Extensions: "))
+            })
+            .map(str::to_owned);
+        let key = head
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(": ")?;
+                k.eq_ignore_ascii_case("sec-websocket-key")
+                    .then(|| v.to_owned())
+            })
+            .expect("a key");
+        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+        s.write_all(format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\nSec-WebSocket-Extensions: {ANSWER}\r\n\r\n").as_bytes()).await.unwrap();
+        let got = read_frame(&mut s).await;
+        let reply = deflate(b"deflated reply from the origin");
+        let mut frame = vec![0xc1, reply.len() as u8];
+        frame.extend_from_slice(&reply);
+        s.write_all(&frame).await.unwrap();
+        (offer, got)
+    });
+    let proxy = Proxy::start(&format!(
+        "upstreams:\n  z: {{peers: ['{origin_addr}']}}\nroutes:\n  - {{path_prefix: /ws/, upstream: z}}\n"
+    ))
+    .await;
+    let mut c = connect(proxy.addr, None).await;
+    c.write_all(b"GET /ws/ HTTP/1.1\r\nHost: test.local\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n").await.unwrap();
+    let head = read_head(&mut c).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(
+        head.contains(&format!("Sec-WebSocket-Extensions: {ANSWER}\r\n"))
+            || head.contains(&format!("sec-websocket-extensions: {ANSWER}\r\n")),
+        "{head}"
+    );
+    let text = b"hello hello hello hello, compressed";
+    let payload = deflate(text);
+    let key = [9u8, 8, 7, 6];
+    let mut frame = vec![0xc1, 0x80 | payload.len() as u8];
+    frame.extend_from_slice(&key);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+    c.write_all(&frame).await.unwrap();
+    let (b0, reply) = tokio::time::timeout(IO_TIMEOUT, read_frame(&mut c))
+        .await
+        .expect("no reply");
+    assert_eq!(b0, 0xc1, "RSV1 (compressed) and FIN, text");
+    assert_eq!(inflate(&reply), b"deflated reply from the origin");
+    let (offer, (ob0, opayload)) = origin.await.unwrap();
+    assert_eq!(
+        offer.as_deref(),
+        Some("permessage-deflate; client_max_window_bits")
+    );
+    assert_eq!(ob0, 0xc1);
+    assert_eq!(inflate(&opayload), text);
+}
