@@ -20,6 +20,8 @@ pub fn check(req: &RequestHeader) -> Result<(), (u16, &'static str)> {
     // Two framings, or a Content-Length that is not one plain number, is how requests are
     // smuggled past a proxy that reads the body one way to a server that reads it another.
     let lengths: Vec<_> = h.get_all(header::CONTENT_LENGTH).iter().collect();
+    // (Pingora's HTTP/1 reader already drops the length in that case and closes the connection
+    // after the response; this catches any other way a request arrives with both.)
     if !lengths.is_empty() && h.contains_key(header::TRANSFER_ENCODING) {
         return Err((400, "Content-Length and Transfer-Encoding together\n"));
     }

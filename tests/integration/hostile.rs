@@ -65,6 +65,17 @@ async fn smuggling_framings_are_refused() {
     );
     assert_eq!(r.upstream_header("transfer-encoding"), ["chunked"]);
     assert_eq!(r.json()["body_len"], 5);
+    // And, as RFC 9112 6.1 requires, the connection is closed after the response even though
+    // the client asked to keep it: nothing more can be smuggled behind that body.
+    let kept = format!("POST / HTTP/1.1\r\n{H}Content-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n");
+    let (r, mut s) = send_one(proxy.addr, &kept).await;
+    assert_eq!(r.status, 200);
+    assert!(
+        time_to_close(&mut s, Duration::from_secs(5))
+            .await
+            .is_some(),
+        "the connection stayed open after a request with two framings"
+    );
 }
 
 #[tokio::test]
