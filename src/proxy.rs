@@ -97,6 +97,10 @@ impl Drop for GaugeGuard {
 impl ProxyHttp for Portico {
     type CTX = RequestCtx;
 
+    /// No modules: Pingora's default adds a (disabled) response-compression module, whose
+    /// context would be built and called for every request for nothing.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
     fn new_ctx(&self) -> RequestCtx {
         crate::conn::head_read();
         RequestCtx {
