@@ -198,6 +198,11 @@ impl Drop for Proxy {
     }
 }
 
+/// The config body most tests need: one upstream group `app` of one peer, one route to it.
+pub fn one_route(peer: SocketAddr) -> String {
+    format!("upstreams:\n  app: {{peers: ['{peer}']}}\nroutes:\n  - {{upstream: app}}\n")
+}
+
 /// `server` is extra keys in flow style (`grace_period: 1s, header_timeout: 1s`).
 fn config_text(dir: &Path, addr: SocketAddr, server: &str, body: &str) -> String {
     format!(

@@ -219,20 +219,13 @@ async fn time_to_close(s: &mut tokio::net::TcpStream, limit: Duration) -> Option
     }
 }
 
-fn app_route(origin: &HttpOrigin) -> String {
-    format!(
-        "upstreams:\n  app: {{peers: ['{}']}}\nroutes:\n  - {{upstream: app}}\n",
-        origin.addr
-    )
-}
-
 /// Slowloris: a head trickled a byte every 100 ms (each read well inside Pingora's 60 s
 /// per-read timeout) is cut at `server.header_timeout`, and never reaches the origin; everyone
 /// else is served meanwhile.
 #[tokio::test]
 async fn slowloris_is_cut_at_the_header_timeout() {
     let origin = HttpOrigin::start("a").await;
-    let proxy = Proxy::start_with_server("header_timeout: 1s", &app_route(&origin)).await;
+    let proxy = Proxy::start_with_server("header_timeout: 1s", &one_route(origin.addr)).await;
     let mut s = connect(proxy.addr, None).await;
     let started = Instant::now();
     let head = format!("GET / HTTP/1.1\r\n{H}X-Slow: {}\r\n\r\n", "a".repeat(100));
@@ -276,7 +269,7 @@ async fn slowloris_is_cut_at_the_header_timeout() {
 #[tokio::test]
 async fn a_slow_body_after_a_timely_head_is_served() {
     let origin = HttpOrigin::start("a").await;
-    let proxy = Proxy::start_with_server("header_timeout: 1s", &app_route(&origin)).await;
+    let proxy = Proxy::start_with_server("header_timeout: 1s", &one_route(origin.addr)).await;
     let mut s = connect(proxy.addr, None).await;
     for part in [
         "POST / HTTP/1.1\r\n",
@@ -306,7 +299,7 @@ async fn a_slow_body_after_a_timely_head_is_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_silent_connections_are_closed_and_others_served() {
     let origin = HttpOrigin::start("a").await;
-    let proxy = Proxy::start_with_server("header_timeout: 1s", &app_route(&origin)).await;
+    let proxy = Proxy::start_with_server("header_timeout: 1s", &one_route(origin.addr)).await;
     let started = Instant::now();
     let mut silent = Vec::new();
     for _ in 0..1000 {
@@ -332,7 +325,7 @@ async fn kept_alive_connections_get_the_keepalive_timeout() {
     let origin = HttpOrigin::start("a").await;
     let proxy = Proxy::start_with_server(
         "header_timeout: 1s, keepalive_timeout: 2s",
-        &app_route(&origin),
+        &one_route(origin.addr),
     )
     .await;
     let req = format!("GET / HTTP/1.1\r\n{H}\r\n");

@@ -102,11 +102,7 @@ async fn reloads_under_load_lose_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn binary_upgrade_under_load_loses_nothing() {
     let origin = HttpOrigin::start("a").await;
-    let mut proxy = Proxy::start(&format!(
-        "upstreams:\n  app: {{peers: ['{}']}}\nroutes:\n  - {{upstream: app}}\n",
-        origin.addr
-    ))
-    .await;
+    let mut proxy = Proxy::start(&one_route(origin.addr)).await;
     let old_pid = proxy.pid();
     let load = Load::start(proxy.addr, 4, "/");
     tokio::time::sleep(Duration::from_millis(300)).await; // load on the old process alone
@@ -140,11 +136,7 @@ async fn binary_upgrade_under_load_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_requests_in_flight_complete() {
     let origin = HttpOrigin::start("a").await;
-    let mut proxy = Proxy::start(&format!(
-        "upstreams:\n  app: {{peers: ['{}']}}\nroutes:\n  - {{upstream: app}}\n",
-        origin.addr
-    ))
-    .await;
+    let mut proxy = Proxy::start(&one_route(origin.addr)).await;
     let addr = proxy.addr;
     let slow: Vec<_> = (0..5)
         .map(|_| tokio::spawn(async move { try_get(addr, "/slow/700").await }))
@@ -172,11 +164,7 @@ async fn sigterm_lets_requests_in_flight_complete() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigint_exits_fast() {
     let origin = HttpOrigin::start("a").await;
-    let mut proxy = Proxy::start(&format!(
-        "upstreams:\n  app: {{peers: ['{}']}}\nroutes:\n  - {{upstream: app}}\n",
-        origin.addr
-    ))
-    .await;
+    let mut proxy = Proxy::start(&one_route(origin.addr)).await;
     let addr = proxy.addr;
     let _slow = tokio::spawn(async move { try_get(addr, "/slow/5000").await });
     eventually("the slow request reaches the origin", || async {
@@ -207,11 +195,7 @@ impl Drop for KillOnDrop {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shipped_upgrade_command_hands_over_under_load() {
     let origin = HttpOrigin::start("a").await;
-    let mut proxy = Proxy::start(&format!(
-        "upstreams:\n  app: {{peers: ['{}']}}\nroutes:\n  - {{upstream: app}}\n",
-        origin.addr
-    ))
-    .await;
+    let mut proxy = Proxy::start(&one_route(origin.addr)).await;
     let old_pid = proxy.pid();
     let load = Load::start(proxy.addr, 2, "/");
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/portico-upgrade");
@@ -282,11 +266,7 @@ fn children_of(pid: u32) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigusr2_starts_a_successor_that_takes_over_under_load() {
     let origin = HttpOrigin::start("a").await;
-    let mut proxy = Proxy::start(&format!(
-        "upstreams:\n  app: {{peers: ['{}']}}\nroutes:\n  - {{upstream: app}}\n",
-        origin.addr
-    ))
-    .await;
+    let mut proxy = Proxy::start(&one_route(origin.addr)).await;
     let old_pid = proxy.pid();
     let load = Load::start(proxy.addr, 4, "/");
     tokio::time::sleep(Duration::from_millis(300)).await; // load on the old process alone
@@ -347,10 +327,7 @@ async fn sigusr2_starts_a_successor_that_takes_over_under_load() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_successor_leaves_the_old_process_serving() {
     let origin = HttpOrigin::start("a").await;
-    let body = format!(
-        "upstreams:\n  app: {{peers: ['{}']}}\nroutes:\n  - {{upstream: app}}\n",
-        origin.addr
-    );
+    let body = one_route(origin.addr);
     let mut proxy = Proxy::start(&body).await;
     let old_pid = proxy.pid();
     proxy.rewrite("routes: [{upstream: missing}]\n");

@@ -111,14 +111,7 @@ async fn https_requests_are_terminated_and_marked_https() {
     let dir = tempfile::tempdir().unwrap();
     let pki = TestPki::new(dir.path(), &["localhost", "example.com"]);
     let origin = HttpOrigin::start("a").await;
-    let proxy = tls_proxy(
-        &pki,
-        &format!(
-            "upstreams:\n  app: {{peers: ['{}']}}\nroutes:\n  - {{upstream: app}}\n",
-            origin.addr
-        ),
-    )
-    .await;
+    let proxy = tls_proxy(&pki, &one_route(origin.addr)).await;
     let addr = tls_addr(&proxy);
     wait_listening(addr).await;
     let tcp = connect(addr, None).await;
@@ -193,14 +186,7 @@ async fn garbage_on_the_tls_port_fails_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let pki = TestPki::new(dir.path(), &["localhost"]);
     let origin = HttpOrigin::start("a").await;
-    let mut proxy = tls_proxy(
-        &pki,
-        &format!(
-            "upstreams:\n  app: {{peers: ['{}']}}\nroutes:\n  - {{upstream: app}}\n",
-            origin.addr
-        ),
-    )
-    .await;
+    let mut proxy = tls_proxy(&pki, &one_route(origin.addr)).await;
     let addr = tls_addr(&proxy);
     wait_listening(addr).await;
     let out = send_raw(addr, None, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
@@ -278,14 +264,7 @@ async fn certificates_are_reread_on_sighup() {
     let dir = tempfile::tempdir().unwrap();
     let old = TestPki::new(dir.path(), &["localhost"]);
     let origin = HttpOrigin::start("a").await;
-    let proxy = tls_proxy(
-        &old,
-        &format!(
-            "upstreams:\n  app: {{peers: ['{}']}}\nroutes:\n  - {{upstream: app}}\n",
-            origin.addr
-        ),
-    )
-    .await;
+    let proxy = tls_proxy(&old, &one_route(origin.addr)).await;
     let addr = tls_addr(&proxy);
     wait_listening(addr).await;
     assert_eq!(handshake(&old, addr, "localhost").await, Ok(()));

@@ -37,11 +37,7 @@ fn upgrade_request(path: &str, extra: &[(&str, &str)]) -> String {
 #[tokio::test]
 async fn malformed_upgrades_are_refused_before_any_peer() {
     let origin = HttpOrigin::start("a").await;
-    let proxy = Proxy::start(&format!(
-        "upstreams:\n  app: {{peers: ['{}']}}\nroutes:\n  - {{upstream: app}}\n",
-        origin.addr
-    ))
-    .await;
+    let proxy = Proxy::start(&one_route(origin.addr)).await;
     let cases: Vec<(String, u16)> = vec![
         (upgrade_request("/", &[("Sec-WebSocket-Key", "")]), 400),
         (
