@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Before/after CPU per request of two portico binaries, in alternating runs (single runs vary by
+# 5-10% on a 2-core machine; alternation cancels the drift). Loopback only, bounded in time.
+#
+#   tests/bench/ab.sh ROUNDS BINARY_A BINARY_B      e.g. 4 /tmp/portico-before target/release/portico
+#
+# Each run: an nginx origin on CPU 1, the binary on CPU 0 (one worker, no access log), wrk on
+# CPU 1 for 1 s of warm-up and 5 s measured; prints the binary's CPU µs per request and req/s.
+set -euo pipefail
+rounds=$1; a=$2; b=$3
+d=$(mktemp -d)
+port=18080; origin=3101
+cat > "$d/origin.conf" <<Y
+worker_processes 1; pid $d/origin.pid; error_log $d/origin-error.log;
+events { worker_connections 4096; }
+http { access_log off;
+  server { listen 127.0.0.1:$origin reuseport; keepalive_requests 1000000;
+    location / { return 200 "ok\n"; } } }
+Y
+cat > "$d/p.yaml" <<Y
+server: {threads: 1, pid_file: $d/p.pid, upgrade_sock: $d/p.sock}
+listeners: [{address: '127.0.0.1:$port'}]
+access_log: {format: off}
+upstreams:
+  web: {peers: ['127.0.0.1:$origin']}
+routes:
+  - {path_prefix: /, upstream: web}
+Y
+taskset -c 1 nginx -c "$d/origin.conf" -p "$d" -g "daemon off;" & ng=$!
+trap 'kill $ng 2>/dev/null; wait $ng 2>/dev/null; rm -rf "$d"' EXIT
+run() {
+  taskset -c 0 "$1" -c "$d/p.yaml" >"$d/log" 2>&1 & pp=$!
+  for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.05; done
+  taskset -c 1 wrk -t1 -c32 -d1s "http://127.0.0.1:$port/" >/dev/null
+  t0=$(awk '{print $14+$15}' /proc/$pp/stat)
+  n=$(taskset -c 1 wrk -t1 -c32 -d5s "http://127.0.0.1:$port/" | awk '/requests in/{print $1}')
+  t1=$(awk '{print $14+$15}' /proc/$pp/stat)
+  kill $pp; wait $pp 2>/dev/null || true
+  python3 -c "import os; print('$1', round(($t1-$t0)/os.sysconf('SC_CLK_TCK')*1e6/$n, 2), 'us/req', $n//5, 'req/s')"
+}
+for _ in $(seq "$rounds"); do run "$a"; run "$b"; done
