@@ -314,17 +314,17 @@ impl Future for Tunnel {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
         let mut this = self.project();
-        loop {
+        let end = loop {
             if let Phase::Open = this.phase {
                 if let Some(at) = this.drain.poll(cx) {
                     *this.phase = Phase::DrainAt(at);
                 }
             }
             if let Phase::DrainAt(at) = *this.phase {
-                if Instant::now() >= at {
-                    *this.phase = Phase::Closing(
-                        Instant::now() + Duration::from_millis(u64::from(*this.drain_limit_ms)),
-                    );
+                let now = Instant::now();
+                if now >= at {
+                    let limit = Duration::from_millis(u64::from(*this.drain_limit_ms));
+                    *this.phase = Phase::Closing(now + limit);
                 }
             }
             let closing = matches!(this.phase, Phase::Closing(_));
@@ -349,20 +349,13 @@ impl Future for Tunnel {
             }
             // One side closing ends a WebSocket (a half-open one is of no use, as nginx and
             // HAProxy also decide); a drain ends once both close frames are out.
-            let end = match (a, b) {
-                (Poll::Ready(Err(_)), _) | (_, Poll::Ready(Err(_))) => Some(End::Error),
-                (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) if closing => Some(End::Drained),
+            match (a, b) {
+                (Poll::Ready(Err(_)), _) | (_, Poll::Ready(Err(_))) => break End::Error,
+                (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) if closing => break End::Drained,
                 (Poll::Ready(Ok(())), _) | (_, Poll::Ready(Ok(()))) if !closing => {
-                    Some(End::Closed)
+                    break End::Closed
                 }
-                _ => None,
-            };
-            if let Some(end) = end {
-                return Poll::Ready(Outcome {
-                    end,
-                    client_to_peer: this.c2p.bytes,
-                    peer_to_client: this.p2c.bytes,
-                });
+                _ => {}
             }
             // The timer is re-armed only when it fires (activity only moves `last_active`),
             // or when a drain instant comes before it.
@@ -380,32 +373,18 @@ impl Future for Tunnel {
             }
             let now = Instant::now();
             match *this.phase {
-                Phase::Closing(hard) if now >= hard => {
-                    return Poll::Ready(Outcome {
-                        end: End::Drained,
-                        client_to_peer: this.c2p.bytes,
-                        peer_to_client: this.p2c.bytes,
-                    })
-                }
-                Phase::Open | Phase::DrainAt(_) if now >= idle_at => {
-                    return Poll::Ready(Outcome {
-                        end: End::Idle,
-                        client_to_peer: this.c2p.bytes,
-                        peer_to_client: this.p2c.bytes,
-                    })
-                }
+                Phase::Closing(hard) if now >= hard => break End::Drained,
+                Phase::Open | Phase::DrainAt(_) if now >= idle_at => break End::Idle,
                 // Fired early for this purpose (activity since, or the drain instant, which
                 // the top of the loop turns into closing): aim at the next instant.
-                _ => {
-                    let next = match *this.phase {
-                        Phase::Open => idle_at,
-                        Phase::DrainAt(at) => idle_at.min(at),
-                        Phase::Closing(hard) => hard,
-                    };
-                    this.timer.as_mut().reset(next.max(now).into());
-                }
+                _ => this.timer.as_mut().reset(next.max(now).into()),
             }
-        }
+        };
+        Poll::Ready(Outcome {
+            end,
+            client_to_peer: this.c2p.bytes,
+            peer_to_client: this.p2c.bytes,
+        })
     }
 }
 
