@@ -120,10 +120,9 @@ async fn binary_upgrade_under_load_loses_nothing() {
         "{}",
         proxy.logs()
     );
-    let pid_file = std::fs::read_to_string(proxy.dir.path().join("portico.pid")).unwrap();
     assert_eq!(
-        pid_file.trim(),
-        proxy.pid().to_string(),
+        pid_in(&proxy),
+        Some(proxy.pid()),
         "the pid file names the new process"
     );
     assert_eq!(get(proxy.addr, "/", &[]).await.status, 200);
@@ -219,11 +218,7 @@ async fn the_shipped_upgrade_command_hands_over_under_load() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let out = upgrade.wait_with_output().unwrap();
-    let new_pid: u32 = std::fs::read_to_string(proxy.dir.path().join("portico.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let new_pid = pid_in(&proxy).expect("a pid file naming the new process");
     let _new = KillOnDrop(new_pid);
     assert!(
         status.success(),
