@@ -127,6 +127,46 @@ pub fn apply_forwarded(req: &mut RequestHeader, f: &Forwarded) {
     }
 }
 
+/// Headers whose presence sends a request through Pingora's full proxy loop: hop-by-hop fields
+/// its upstream policy strips or checks (RFC 9110 7.6.1), and those that change framing.
+const NOT_PLAIN: [&str; 9] = [
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "upgrade",
+    "http2-settings",
+];
+
+/// Whether an HTTP/1 request head is plain enough for portico's own forwarding loop: an
+/// origin-form target, exactly one Host, none of the `NOT_PLAIN` fields, and `Connection` naming
+/// only `keep-alive` or `close` (both concern this hop alone, so the upstream request drops
+/// `Connection` and needs no other policy). Anything else (Connection nominating other fields,
+/// absolute-form targets, upgrades, several Host fields) takes Pingora's loop, whose upstream
+/// request policy checks and strips it. The body is checked by the caller.
+pub fn is_plain(req: &RequestHeader) -> bool {
+    req.uri.authority().is_none()
+        && req.raw_path().first() == Some(&b'/')
+        && req.headers.get_all(http::header::HOST).iter().count() == 1
+        && NOT_PLAIN
+            .iter()
+            .all(|name| !req.headers.contains_key(*name))
+        && req
+            .headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .map(<[u8]>::trim_ascii)
+            .all(|t| {
+                t.is_empty()
+                    || t.eq_ignore_ascii_case(b"keep-alive")
+                    || t.eq_ignore_ascii_case(b"close")
+            })
+}
+
 /// A route's `request_headers` or `response_headers`, names and values parsed once.
 /// Applied in the order remove, set, add.
 #[derive(Debug, Default, Clone)]
@@ -241,6 +281,51 @@ mod tests {
         let h = xff(&["6.6.6.6, not-an-ip, 10.2.2.2"]);
         let ip = trusted().client_ip("127.0.0.1".parse().unwrap(), &h);
         assert_eq!(ip, "10.2.2.2".parse::<IpAddr>().unwrap());
+    }
+
+    fn head(raw: &str) -> RequestHeader {
+        let mut lines = raw.split("\r\n");
+        let mut first = lines.next().unwrap().split(' ');
+        let (method, target) = (first.next().unwrap(), first.next().unwrap());
+        let mut req = RequestHeader::build(method, target.as_bytes(), None).unwrap();
+        for line in lines.filter(|l| !l.is_empty()) {
+            let (name, value) = line.split_once(": ").unwrap();
+            req.append_header(name.to_owned(), value).unwrap();
+        }
+        req
+    }
+
+    #[test]
+    fn plain_requests_are_the_common_shapes() {
+        for raw in [
+            "GET /a?b=c HTTP/1.1\r\nHost: x\r\n",
+            "HEAD / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n",
+            "DELETE /r HTTP/1.1\r\nHost: x\r\nConnection: Keep-Alive, close\r\nCookie: a=b\r\n",
+        ] {
+            assert!(is_plain(&head(raw)), "{raw:?}");
+        }
+    }
+
+    /// What a client could smuggle past a policy-free path goes to Pingora's loop instead:
+    /// Connection nominating X-Forwarded-For, an absolute-form target with another authority,
+    /// a second Host, hop-by-hop fields, upgrades.
+    #[test]
+    fn anything_a_hop_policy_must_judge_is_not_plain() {
+        for raw in [
+            "GET / HTTP/1.1\r\nHost: x\r\nConnection: x-forwarded-for\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive, x-real-ip\r\n",
+            "GET http://evil/ HTTP/1.1\r\nHost: x\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nHost: y\r\n",
+            "GET / HTTP/1.0\r\n",
+            "OPTIONS * HTTP/1.1\r\nHost: x\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nTE: trailers\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nProxy-Authorization: Basic eA==\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nKeep-Alive: timeout=5\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n",
+        ] {
+            assert!(!is_plain(&head(raw)), "{raw:?}");
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@ mod origins;
 
 mod balancing;
 mod config_check;
+mod forwarding;
 mod headers;
 mod hostile;
 mod lifecycle;

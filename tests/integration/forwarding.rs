@@ -1,0 +1,257 @@
+//! Plain requests (HTTP/1, no body, no hop-by-hop fields) take portico's own forwarding loop;
+//! everything else takes Pingora's. These tests hold the own loop to what Pingora's does, with
+//! scripted origins for the cases a well-behaved origin never shows: a pooled connection
+//! dropped under a request, close-delimited and cut bodies, interim 1xx, a 101 out of nowhere.
+
+use crate::harness::*;
+use crate::origins::HttpOrigin;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// An origin that runs `script` on each accepted connection; returns its address and the
+/// count of connections accepted.
+async fn scripted<F, Fut>(script: F) -> (SocketAddr, Arc<AtomicUsize>)
+where
+    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(script(stream));
+        }
+    });
+    (addr, accepted)
+}
+
+/// Reads up to the end of a head (`\r\n\r\n`); `None` if the peer closed first. Requests here
+/// have no body and are never pipelined, so nothing after the head is lost.
+async fn read_head(s: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(IO_TIMEOUT, s.read(&mut byte)).await;
+        match read.expect("head timed out") {
+            Ok(1) => head.push(byte[0]),
+            _ => return None,
+        }
+    }
+    Some(head)
+}
+
+/// Reads from the client's connection until `end` has arrived.
+async fn read_until(s: &mut TcpStream, end: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while !out.ends_with(end) {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(IO_TIMEOUT, s.read(&mut chunk))
+            .await
+            .expect("response timed out")
+            .unwrap();
+        assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(&out));
+        out.extend_from_slice(&chunk[..n]);
+    }
+    out
+}
+
+const KEEP_ALIVE: &[u8] = b"GET / HTTP/1.1\r\nHost: test.local\r\n\r\n";
+
+/// A peer that closes a kept-alive connection just as a request arrives on it (its idle
+/// timeout fired): the request is sent again on a new connection, and the client never knows.
+#[tokio::test]
+async fn a_pooled_connection_the_peer_dropped_is_retried_on_a_new_one() {
+    let (addr, accepted) = scripted(|mut s| async move {
+        if read_head(&mut s).await.is_some() {
+            let ok = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+            ok.await.unwrap();
+            // The next request on this connection is read and dropped unanswered.
+            let _ = read_head(&mut s).await;
+        }
+    })
+    .await;
+    let proxy = Proxy::start(&one_route(addr)).await;
+    for _ in 0..3 {
+        let r = get(proxy.addr, "/", &[]).await;
+        assert_eq!((r.status, r.text().as_str()), (200, "ok"));
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        3,
+        "one new connection per retry"
+    );
+}
+
+/// An HTTP/1.0 origin ends its body by closing: the client gets it chunked and keeps its
+/// connection for the next request.
+#[tokio::test]
+async fn a_close_delimited_body_is_chunked_and_the_client_keeps_its_connection() {
+    let (addr, _) = scripted(|mut s| async move {
+        if read_head(&mut s).await.is_some() {
+            let _ = s
+                .write_all(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end")
+                .await;
+        }
+    })
+    .await;
+    let proxy = Proxy::start(&one_route(addr)).await;
+    let mut client = connect(proxy.addr, None).await;
+    for _ in 0..2 {
+        client.write_all(KEEP_ALIVE).await.unwrap();
+        let raw = read_until(&mut client, b"0\r\n\r\n").await;
+        let r = parse_response(&raw).unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("transfer-encoding"), Some("chunked"));
+        assert_eq!(r.text(), "until the end");
+    }
+}
+
+/// 103 Early Hints before the response is passed on, then the response itself.
+#[tokio::test]
+async fn interim_responses_are_passed_on() {
+    let (addr, _) = scripted(|mut s| async move {
+        if read_head(&mut s).await.is_some() {
+            let _ = s
+                .write_all(b"HTTP/1.1 103 Early Hints\r\nLink: </app.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                .await;
+        }
+    })
+    .await;
+    let proxy = Proxy::start(&one_route(addr)).await;
+    let raw = send_raw(proxy.addr, None, request_text("GET", "/", &[]).as_bytes()).await;
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 103"), "{text}");
+    assert!(text.contains("Link: </app.css>; rel=preload"), "{text}");
+    let final_at = text.find("HTTP/1.1 200").expect("the final response");
+    assert!(text.ends_with("ok"), "{text}");
+    assert!(final_at > 0);
+}
+
+/// HEAD and 304 answers carry no body whatever their Content-Length says: the client's
+/// connection goes on to the next request instead of waiting for bytes that never come.
+#[tokio::test]
+async fn head_and_304_end_at_the_head() {
+    let (addr, _) = scripted(|mut s| async move {
+        while let Some(head) = read_head(&mut s).await {
+            let answer: &[u8] = if head.starts_with(b"HEAD") {
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"
+            } else {
+                b"HTTP/1.1 304 Not Modified\r\nETag: \"v1\"\r\n\r\n"
+            };
+            if s.write_all(answer).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    let proxy = Proxy::start(&one_route(addr)).await;
+    let mut client = connect(proxy.addr, None).await;
+    for (request, status) in [
+        (&b"HEAD / HTTP/1.1\r\nHost: test.local\r\n\r\n"[..], 200),
+        (KEEP_ALIVE, 304),
+        (&b"HEAD / HTTP/1.1\r\nHost: test.local\r\n\r\n"[..], 200),
+    ] {
+        client.write_all(request).await.unwrap();
+        let raw = read_until(&mut client, b"\r\n\r\n").await;
+        let r = parse_response(&raw).unwrap();
+        assert_eq!(r.status, status);
+        assert!(r.body.is_empty());
+    }
+}
+
+/// A peer that dies mid-body: the client gets what was sent and then a closed connection
+/// (no hang, no second response); the next request is served on a new peer connection.
+#[tokio::test]
+async fn a_body_cut_by_the_peer_cuts_the_client() {
+    let (addr, _) = scripted(|mut s| async move {
+        if let Some(head) = read_head(&mut s).await {
+            let answer: &[u8] = if head.starts_with(b"GET /cut") {
+                b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789"
+            } else {
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+            };
+            let _ = s.write_all(answer).await;
+        }
+    })
+    .await;
+    let proxy = Proxy::start(&one_route(addr)).await;
+    let mut client = connect(proxy.addr, None).await;
+    client
+        .write_all(b"GET /cut HTTP/1.1\r\nHost: test.local\r\n\r\n")
+        .await
+        .unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(IO_TIMEOUT, client.read_to_end(&mut raw))
+        .await
+        .expect("the client's connection must be closed, not left hanging")
+        .ok();
+    let r = parse_response(&raw).unwrap();
+    assert_eq!((r.status, r.text().as_str()), (200, "0123456789"));
+    assert_eq!(get(proxy.addr, "/", &[]).await.text(), "ok");
+}
+
+/// A 101 to a request that asked for no upgrade is the peer's error: 502, nothing tunnelled.
+#[tokio::test]
+async fn a_101_nobody_asked_for_is_a_502() {
+    let (addr, _) = scripted(|mut s| async move {
+        if read_head(&mut s).await.is_some() {
+            let _ = s
+                .write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nraw bytes")
+                .await;
+        }
+    })
+    .await;
+    let proxy = Proxy::start(&one_route(addr)).await;
+    let r = get(proxy.addr, "/", &[]).await;
+    assert_eq!(r.status, 502);
+    assert!(!r.text().contains("raw bytes"));
+}
+
+/// The two loops send the peer the same head: a plain request, and the same request made
+/// non-plain by a hop-by-hop field (which then takes Pingora's loop). Only that field differs.
+/// Hop-by-hop fields never reach the peer on either: `Connection: close` from the client must
+/// not close the pooled connection, and a field it nominates is dropped.
+#[tokio::test]
+async fn both_loops_send_the_same_head() {
+    let origin = HttpOrigin::start("a").await;
+    let proxy = Proxy::start(&one_route(origin.addr)).await;
+    let common = [
+        ("Authorization", "Bearer t"),
+        ("Cookie", "a=1; b=2"),
+        ("X-Forwarded-For", "6.6.6.6"),
+        ("Accept", "*/*"),
+    ];
+    let seen = |r: Resp| -> Vec<(String, String)> {
+        let mut h: Vec<(String, String)> = r.json()["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| {
+                let name = h[0].as_str().unwrap().to_ascii_lowercase();
+                (name, h[1].as_str().unwrap().to_owned())
+            })
+            .collect();
+        h.sort();
+        h
+    };
+    let plain = seen(get(proxy.addr, "/x?y=1", &common).await);
+    let mut raw = String::from("GET /x?y=1 HTTP/1.1\r\nHost: test.local\r\n");
+    for (name, value) in common {
+        raw.push_str(&format!("{name}: {value}\r\n"));
+    }
+    raw.push_str("Connection: X-Private, close\r\nX-Private: secret\r\n\r\n");
+    let pingora = seen(send(proxy.addr, None, &raw).await);
+    assert_eq!(plain, pingora);
+    for (name, _) in &plain {
+        assert!(!["connection", "x-private", "keep-alive", "te"].contains(&name.as_str()));
+    }
+    assert!(plain.contains(&("x-forwarded-for".into(), "127.0.0.1".into())));
+    assert!(plain.contains(&("authorization".into(), "Bearer t".into())));
+}
