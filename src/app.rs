@@ -203,9 +203,12 @@ fn server_conf(snapshot: &Snapshot, cli: &Cli) -> ServerConf {
         working_directory: std::env::current_dir().ok(),
         ..ServerConf::default()
     };
-    if let Some(n) = s.upstream_keepalive_pool_size {
-        conf.upstream_keepalive_pool_size = n;
-    }
+    // Both pools: Pingora's (requests with bodies) and portico's (plain requests).
+    let pool_size = s
+        .upstream_keepalive_pool_size
+        .unwrap_or(crate::upstream::pool::DEFAULT_CAPACITY);
+    conf.upstream_keepalive_pool_size = pool_size;
+    crate::upstream::pool::IDLE.set_capacity(pool_size);
     // Our own `retries` per group decides; Pingora's cap must not cut it shorter.
     conf.max_retries = snapshot
         .upstreams

@@ -10,7 +10,7 @@ use crate::metrics::{status_class, METRICS};
 use crate::routing;
 use crate::snapshot::{Route, SharedSnapshot, Snapshot};
 use crate::tunnel::Tunnel;
-use crate::upstream::{InflightGuard, Peer, UpstreamGroup};
+use crate::upstream::{pool, InflightGuard, Peer, UpstreamGroup};
 use crate::websocket::{self, Upgrade};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -22,6 +22,7 @@ use pingora::protocols::http::v1::client::HttpSession as HttpSessionV1;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::Digest;
 use pingora::proxy::{ProxyHttp, Session};
+use pingora::upstreams::peer::Peer as _;
 use prometheus::IntGauge;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -31,10 +32,13 @@ use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 
+/// How long an idle upstream connection is kept when the peer sets no `idle_timeout`.
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
 pub struct Portico {
     pub snapshot: SharedSnapshot,
-    /// Connects to peers (and pools the connections) for what portico forwards itself: plain
-    /// requests and WebSocket upgrades. Pingora's proxy loop has its own pool.
+    /// Connects to peers for what portico forwards itself: plain requests (whose idle
+    /// connections wait in `pool::IDLE`) and WebSocket upgrades. Pingora's loop has its own.
     pub connector: TransportConnector,
     /// The longest a draining tunnel waits for a frame in flight before its 1001 close.
     pub drain_limit: Duration,
@@ -436,13 +440,17 @@ impl Portico {
         let mut peer = next_peer(ctx, group)?;
         let mut fresh = false; // a pooled connection failed: the next one is new
         let mut upstream = loop {
-            let got = if fresh {
-                self.connector
+            let pooled = match fresh {
+                false => pool::IDLE.take(peer.template.reuse_hash()),
+                true => None,
+            };
+            let got = match pooled {
+                Some(stream) => Ok((stream, true)),
+                None => self
+                    .connector
                     .new_stream(&peer.template)
                     .await
-                    .map(|s| (s, false))
-            } else {
-                self.connector.get_stream(&peer.template).await
+                    .map(|s| (s, false)),
             };
             let (stream, reused) = match got {
                 Ok(s) => s,
@@ -530,10 +538,9 @@ impl Portico {
         session.finish_body().await.map_err(|e| e.into_down())?;
         upstream.respect_keepalive();
         if let Some(stream) = upstream.reuse().await {
-            use pingora::upstreams::peer::Peer as _;
             let template = &peer.template;
-            self.connector
-                .release_stream(stream, template.reuse_hash(), template.idle_timeout());
+            let idle = template.idle_timeout().unwrap_or(DEFAULT_IDLE_TIMEOUT);
+            pool::IDLE.put(template.reuse_hash(), stream, idle);
         }
         Ok(true)
     }

@@ -58,7 +58,8 @@ pub struct ServerSection {
     pub upgrade_sock: Option<String>,
     pub grace_period: Option<Duration>,
     pub graceful_shutdown_timeout: Option<Duration>,
-    /// Idle upstream connections kept for reuse, across all peers (Pingora's pool size).
+    /// Idle upstream connections kept for reuse, across all peers; the size of Pingora's pool
+    /// and of portico's own (for the requests it forwards itself) each. Default 128.
     pub upstream_keepalive_pool_size: Option<usize>,
     /// Added key: bytes of write buffering per client connection. The default (1024) saves CPU
     /// on small HTTP responses; `0` saves 1 KiB per idle WebSocket (README: Performance).

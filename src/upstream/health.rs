@@ -158,6 +158,7 @@ pub struct HealthService {
 impl BackgroundService for HealthService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         loop {
+            super::pool::IDLE.sweep();
             let wait = self.tick();
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}

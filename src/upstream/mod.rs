@@ -1,8 +1,10 @@
-//! Upstream groups: their peers, how one is picked, and their active health checks.
+//! Upstream groups: their peers, how one is picked, their active health checks, and the idle
+//! connections kept to them.
 
 pub mod balancer;
 pub mod health;
 pub mod peer;
+pub mod pool;
 
 pub use balancer::UpstreamGroup;
 pub use peer::{InflightGuard, Peer};
