@@ -415,10 +415,11 @@ impl ProxyHttp for Portico {
 }
 
 impl Portico {
-    /// A plain request (`is_plain`), forwarded by one sequential exchange: Pingora's pooled
-    /// connections and its HTTP/1 client session (the parsing, framing and keep-alive rules are
-    /// Pingora's), without its general proxy loop (two halves joined by channels, cache and
-    /// module hooks, retry buffering), which costs about 15% more CPU per request. Behaves as
+    /// A plain request (`is_plain`), forwarded by one sequential exchange: Pingora's connector
+    /// and HTTP/1 client session (the parsing, framing and keep-alive rules are Pingora's),
+    /// portico's idle pool (`pool::IDLE`), without Pingora's general proxy loop (two halves
+    /// joined by channels, cache and module hooks, retry buffering, a task per idle
+    /// connection), which costs about 15% more CPU per request (README: Performance). Behaves as
     /// that loop does for these requests: connect failures retried on another peer, a pooled
     /// connection the peer had closed retried once on a new one, interim 1xx passed on, a
     /// close-delimited body re-framed as chunked so the client keeps its connection, errors
