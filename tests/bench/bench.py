@@ -5,7 +5,7 @@ Each proxy runs alone on CPU 0 with one worker, upstream keepalive and the same 
 headers; the origins and the load generator run on CPU 1. For each proxy:
   - HTTP: wrk, 1 thread, 32 connections, DURATION seconds: requests/s, p50/p99 latency, and the
     proxy's CPU time per request (utime+stime from /proc, so the figure holds even when the
-    proxy is not the bottleneck);
+    proxy is not the bottleneck), and how much of it is user space (the rest is the kernel);
   - WebSocket messages: 16 connections echoing a small message back and forth for DURATION
     seconds (tests/bench/ws_load.py): messages/s and the proxy's CPU time per message;
   - idle WebSockets: RSS growth per connection with N open (tests/bench/ws_memory.py).
@@ -33,16 +33,18 @@ def wait_port(port, timeout=10):
     raise RuntimeError(f"nothing listens on {port}")
 
 def cpu_seconds(pid):
+    """(user, system) CPU seconds of pid and its threads."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK
+    return int(fields[11]) / CLK, int(fields[12]) / CLK
 
 def children_cpu(pid):
-    """CPU of pid and its threads; nginx's work happens in its single worker child."""
-    total = cpu_seconds(pid)
+    """(user, system) CPU of pid and its children; nginx's work happens in its single worker."""
+    user, system = cpu_seconds(pid)
     for child in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split():
-        total += cpu_seconds(int(child))
-    return total
+        u, s = cpu_seconds(int(child))
+        user, system = user + u, system + s
+    return user, system
 
 def worker_pid(name, pid):
     if name != "nginx":
@@ -159,26 +161,27 @@ def main():
             wait_port(PORTS[name]); time.sleep(0.5)
             pid = worker_pid(name, env_proc.pid)
             wrk(PORTS[name], 2)  # warm-up
-            before = children_cpu(pid)
+            u0, s0 = children_cpu(pid)
             requests, errors, p50, p99 = wrk(PORTS[name], duration)
-            cpu = children_cpu(pid) - before
-            before = children_cpu(pid)
+            u1, s1 = children_cpu(pid)
+            cpu, user = (u1 + s1) - (u0 + s0), u1 - u0
+            before = sum(children_cpu(pid))
             load = subprocess.run(["taskset", "-c", "1", sys.executable, os.path.join(HERE, "ws_load.py"), str(PORTS[name]), "16", str(duration)],
                                   capture_output=True, text=True, timeout=duration + 60).stdout
-            ws_cpu = children_cpu(pid) - before
+            ws_cpu = sum(children_cpu(pid)) - before
             messages = int(re.search(r"(\d+) messages", load).group(1))
             mem = subprocess.run([sys.executable, os.path.join(HERE, "ws_memory.py"), str(pid), str(PORTS[name]), str(idle_ws), "20"],
                                  capture_output=True, text=True, timeout=300).stdout
             kib = float(re.search(r"([\d.]+) KiB per connection", mem).group(1))
-            results[name] = {"rps": requests / duration, "p50": p50, "p99": p99, "cpu_us": cpu * 1e6 / requests,
+            results[name] = {"rps": requests / duration, "p50": p50, "p99": p99, "cpu_us": cpu * 1e6 / requests, "user_us": user * 1e6 / requests,
                              "ws_us": ws_cpu * 1e6 / messages, "ws_mps": messages / duration, "ws_kib": kib, "errors": errors}
             env_proc.send_signal(signal.SIGINT if name == "portico" else signal.SIGTERM)
             env_proc.wait(timeout=20)
         print(f"\nportico benchmark, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs, loopback, 1 worker each, "
               f"wrk -t1 -c32 -d{duration}s, {idle_ws} idle WebSockets")
-        print(f"{'':9}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'CPU us/req':>12}{'WS msg/s':>10}{'CPU us/msg':>12}{'KiB/idle WS':>13}{'non-2xx':>9}")
+        print(f"{'':9}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'CPU us/req':>12}{'of it user':>11}{'WS msg/s':>10}{'CPU us/msg':>12}{'KiB/idle WS':>13}{'non-2xx':>9}")
         for name, r in results.items():
-            print(f"{name:9}{r['rps']:>10.0f}{r['p50']:>9.3f}{r['p99']:>9.3f}{r['cpu_us']:>12.1f}{r['ws_mps']:>10.0f}{r['ws_us']:>12.1f}{r['ws_kib']:>13.2f}{r['errors']:>9}")
+            print(f"{name:9}{r['rps']:>10.0f}{r['p50']:>9.3f}{r['p99']:>9.3f}{r['cpu_us']:>12.1f}{r['user_us']:>11.1f}{r['ws_mps']:>10.0f}{r['ws_us']:>12.1f}{r['ws_kib']:>13.2f}{r['errors']:>9}")
         p = results.get("portico")
         for other in ("nginx", "haproxy"):
             o = results.get(other)
