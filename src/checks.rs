@@ -50,7 +50,10 @@ pub fn check(req: &RequestHeader) -> Result<(), (u16, &'static str)> {
 /// auth on it) must mean what the peer will serve, so `/public/../admin` is refused rather
 /// than routed as `/public/`.
 fn has_dot_segment(path: &str) -> bool {
-    let decoded = path.replace("%2e", ".").replace("%2E", ".");
+    let decoded = match path.contains('%') {
+        true => std::borrow::Cow::Owned(path.replace("%2e", ".").replace("%2E", ".")),
+        false => std::borrow::Cow::Borrowed(path),
+    };
     decoded
         .split('/')
         .skip(1)

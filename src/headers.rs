@@ -11,7 +11,6 @@ use std::net::IpAddr;
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-pub static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 /// The set of proxies whose X-Forwarded-For hops are believed.
 #[derive(Debug, Default, Clone)]
@@ -89,36 +88,35 @@ pub struct Forwarded<'a> {
 ///
 /// From an untrusted peer every incoming value is replaced: a client cannot forge its address
 /// or scheme. From a trusted one the chain is extended and its Proto/Host are kept.
+/// Names go out as nginx and HAProxy spell them; the peer's address is formatted once.
 pub fn apply_forwarded(req: &mut RequestHeader, f: &Forwarded) {
-    let peer = canonical(f.peer).to_string();
-    let xff = if f.peer_trusted {
-        let prior: Vec<&str> = req
-            .headers
-            .get_all(&X_FORWARDED_FOR)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
-        if prior.is_empty() {
-            peer
-        } else {
-            format!("{}, {peer}", prior.join(", "))
-        }
-    } else {
-        peer
+    let peer = canonical(f.peer);
+    let peer_value = ip_value(peer);
+    let prior = || {
+        let values = req.headers.get_all(&X_FORWARDED_FOR).iter();
+        let chain: Vec<&str> = values.filter_map(|v| v.to_str().ok()).collect();
+        (!chain.is_empty()).then(|| format!("{}, {peer}", chain.join(", ")))
     };
-    // Values built from IP addresses and the client's own (already valid) Host cannot fail.
-    let _ = req.insert_header(X_FORWARDED_FOR.clone(), xff);
-    let _ = req.insert_header(X_REAL_IP.clone(), f.client.to_string());
+    let xff = match f.peer_trusted.then(prior).flatten() {
+        // Hops of valid values joined by ", " and an address: still a valid value.
+        Some(chain) => HeaderValue::try_from(chain).unwrap_or_else(|_| peer_value.clone()),
+        None => peer_value.clone(),
+    };
+    let real_ip = match canonical(f.client) == peer {
+        true => peer_value,
+        false => ip_value(canonical(f.client)),
+    };
+    // Insert cannot fail: the names are valid and the values are HeaderValues already.
+    let _ = req.insert_header("X-Forwarded-For", xff);
+    let _ = req.insert_header("X-Real-IP", real_ip);
     if !(f.peer_trusted && req.headers.contains_key(&X_FORWARDED_PROTO)) {
-        let _ = req.insert_header(
-            X_FORWARDED_PROTO.clone(),
-            if f.tls { "https" } else { "http" },
-        );
+        let proto = HeaderValue::from_static(if f.tls { "https" } else { "http" });
+        let _ = req.insert_header("X-Forwarded-Proto", proto);
     }
     if !(f.peer_trusted && req.headers.contains_key(&X_FORWARDED_HOST)) {
         match f.host.cloned() {
             Some(h) => {
-                let _ = req.insert_header(X_FORWARDED_HOST.clone(), h);
+                let _ = req.insert_header("X-Forwarded-Host", h);
             }
             None => {
                 req.remove_header(&X_FORWARDED_HOST);
@@ -127,18 +125,29 @@ pub fn apply_forwarded(req: &mut RequestHeader, f: &Forwarded) {
     }
 }
 
+/// An address as a header value, formatted on the stack (no String grown digit by digit).
+fn ip_value(ip: IpAddr) -> HeaderValue {
+    use std::io::Write;
+    let mut buf = [0u8; 45]; // the longest IPv6 text form
+    let mut rest = &mut buf[..];
+    let _ = write!(rest, "{ip}");
+    let len = 45 - rest.len();
+    HeaderValue::from_bytes(&buf[..len]).expect("an address is a valid header value")
+}
+
 /// Headers whose presence sends a request through Pingora's full proxy loop: hop-by-hop fields
 /// its upstream policy strips or checks (RFC 9110 7.6.1), and those that change framing.
-const NOT_PLAIN: [&str; 9] = [
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "upgrade",
-    "http2-settings",
+/// (Names rather than strings: a lookup by string parses the name first.)
+static NOT_PLAIN: [HeaderName; 9] = [
+    http::header::TE,
+    http::header::TRAILER,
+    http::header::TRANSFER_ENCODING,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    http::header::PROXY_AUTHENTICATE,
+    http::header::PROXY_AUTHORIZATION,
+    http::header::UPGRADE,
+    HeaderName::from_static("http2-settings"),
 ];
 
 /// Whether an HTTP/1 request head is plain enough for portico's own forwarding loop: an
@@ -151,9 +160,7 @@ pub fn is_plain(req: &RequestHeader) -> bool {
     req.uri.authority().is_none()
         && req.raw_path().first() == Some(&b'/')
         && req.headers.get_all(http::header::HOST).iter().count() == 1
-        && NOT_PLAIN
-            .iter()
-            .all(|name| !req.headers.contains_key(*name))
+        && NOT_PLAIN.iter().all(|name| !req.headers.contains_key(name))
         && req
             .headers
             .get_all(http::header::CONNECTION)

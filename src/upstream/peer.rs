@@ -55,7 +55,9 @@ impl Peer {
     }
 
     pub fn recently_failed(&self) -> bool {
-        clock_ms() < self.failed_until.load(Ordering::Relaxed)
+        // Most peers never failed: no clock read for them.
+        let until = self.failed_until.load(Ordering::Relaxed);
+        until != 0 && clock_ms() < until
     }
 
     /// Counts one request (or upgraded connection) on this peer until the guard drops.
