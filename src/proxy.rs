@@ -21,8 +21,9 @@ use pingora::prelude::*;
 use pingora::protocols::http::v1::client::HttpSession as HttpSessionV1;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::Digest;
-use pingora::proxy::{ProxyHttp, Session};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::Peer as _;
+use pingora::ErrorSource;
 use prometheus::IntGauge;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -34,6 +35,11 @@ use tokio::io::AsyncWriteExt;
 
 /// How long an idle upstream connection is kept when the peer sets no `idle_timeout`.
 const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long portico's own loop waits for the peer's answer before it also watches the client.
+/// A client that gives up on a slow request (a long poll) then frees the peer's connection at
+/// once, as in Pingora's loop; an answer sooner costs no extra read of the client's socket.
+const WATCH_CLIENT_AFTER: Duration = Duration::from_millis(100);
 
 pub struct Portico {
     pub snapshot: SharedSnapshot,
@@ -377,6 +383,34 @@ impl ProxyHttp for Portico {
         Ok(())
     }
 
+    /// Pingora's answer to a request that failed, but a peer that timed out (connecting or
+    /// answering) is 504 Gateway Timeout, as nginx and HAProxy answer, rather than 502.
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        _ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let code = match (e.etype(), e.esource()) {
+            (HTTPStatus(code), _) => *code,
+            (ConnectTimedout | ReadTimedout, ErrorSource::Upstream) => 504,
+            (_, ErrorSource::Upstream) => 502,
+            // The client's connection is gone: nothing to answer.
+            (WriteError | ReadError | ConnectionClosed, ErrorSource::Downstream) => 0,
+            (_, ErrorSource::Downstream) => 400,
+            _ => 500,
+        };
+        if code > 0 {
+            if let Err(e) = session.respond_error(code).await {
+                log::error!("failed to send the error response: {e}");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
     /// Metrics and one access-log line per request; for an upgrade, when the tunnel closes.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         if ctx.handed_off {
@@ -470,7 +504,9 @@ impl Portico {
             };
             ctx.mark_connected();
             let mut upstream = HttpSessionV1::new_with_options(stream, &peer.template);
-            upstream.read_timeout = peer.template.options.read_timeout;
+            // The head is awaited under `await_peer`'s deadline; the body under Pingora's
+            // per-read timeout (set below).
+            let read_timeout = peer.template.options.read_timeout;
             upstream.write_timeout = peer.template.options.write_timeout;
             let head = match req.take() {
                 Some(head) => head,
@@ -480,7 +516,7 @@ impl Portico {
                 upstream.write_request_header(head).await?;
                 upstream.read_response().await
             };
-            match sent.await {
+            match await_peer(session, sent, read_timeout).await? {
                 Ok(_) => break upstream,
                 Err(mut e) => {
                     e.retry.decide_reuse(reused);
@@ -510,9 +546,12 @@ impl Portico {
                 .write_response_header(interim, false)
                 .await
                 .map_err(|e| e.into_down())?;
-            upstream.read_response().await.map_err(|e| e.into_up())?;
+            let answer = async { upstream.read_response().await.map_err(|e| e.into_up()) };
+            let read_timeout = peer.template.options.read_timeout;
+            await_peer(session, answer, read_timeout).await??;
         }
         ctx.mark_answered();
+        upstream.read_timeout = peer.template.options.read_timeout;
         let mut resp = Box::new(upstream.resp_header().expect("read").clone());
         let end = upstream.is_body_done();
         let bodiless = session.req_header().method == http::Method::HEAD
@@ -706,6 +745,46 @@ impl Portico {
             .await;
         }
         Ok(true)
+    }
+}
+
+/// Waits for `work` (an exchange with the peer up to its response head) for at most `timeout`
+/// (the upstream's `read_timeout`; then `ReadTimedout`, a 504), unless the client closes its
+/// connection (or, against HTTP/1's order, sends more) first: then `Err` with the client's
+/// error. Either way `work` and the peer's connection are dropped. The client is watched only
+/// after `WATCH_CLIENT_AFTER`, the way Pingora's loop watches it (`read_body_or_idle`), so
+/// a prompt answer costs one timer and no read of the client's socket.
+async fn await_peer<T>(
+    session: &mut Session,
+    work: impl Future<Output = T>,
+    timeout: Option<Duration>,
+) -> Result<T> {
+    let first = timeout.map_or(WATCH_CLIENT_AFTER, |t| t.min(WATCH_CLIENT_AFTER));
+    let stop = async {
+        pingora::time::sleep(first).await;
+        let gone = async {
+            match session.read_body_or_idle(true).await {
+                Err(e) => e.into_down(),
+                // With no body expected it answers only with an error, or never.
+                Ok(_) => std::future::pending().await,
+            }
+        };
+        let late = async {
+            match timeout {
+                Some(t) => pingora::time::sleep(t - first).await,
+                None => std::future::pending().await,
+            }
+            Error::explain(ReadTimedout, "waiting for the peer's response head").into_up()
+        };
+        tokio::select! {
+            e = gone => e,
+            e = late => e,
+        }
+    };
+    tokio::select! {
+        biased;
+        done = work => Ok(done),
+        e = stop => Err(e),
     }
 }
 

@@ -255,3 +255,97 @@ async fn both_loops_send_the_same_head() {
     assert!(plain.contains(&("x-forwarded-for".into(), "127.0.0.1".into())));
     assert!(plain.contains(&("authorization".into(), "Bearer t".into())));
 }
+
+/// A client that gives up on a request the peer is slow to answer (a long poll): the peer's
+/// connection is closed then, not held until the peer answers (nginx and Pingora's loop do the
+/// same). Without the watch, the origin here would wait forever for its connection to end.
+#[tokio::test]
+async fn a_client_that_leaves_a_slow_request_frees_the_peer_connection() {
+    let (events, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let (addr, _) = scripted(move |mut s| {
+        let events = events.clone();
+        async move {
+            if read_head(&mut s).await.is_some() {
+                let _ = events.send("request");
+                // Never answers; reports when portico closes the connection.
+                let mut byte = [0u8; 1];
+                if let Ok(0) | Err(_) = s.read(&mut byte).await {
+                    let _ = events.send("closed");
+                }
+            }
+        }
+    })
+    .await;
+    let proxy = Proxy::start(&one_route(addr)).await;
+    let mut client = connect(proxy.addr, None).await;
+    client.write_all(KEEP_ALIVE).await.unwrap();
+    type Event = Result<Option<&'static str>, tokio::time::error::Elapsed>;
+    let within = |event: Event, what: &str| event.unwrap_or_else(|_| panic!("no {what} in time"));
+    let event = tokio::time::timeout(IO_TIMEOUT, seen.recv()).await;
+    assert_eq!(within(event, "request"), Some("request"));
+    // After portico has started watching (100 ms), and before: both must end the same way.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    drop(client);
+    let event = tokio::time::timeout(IO_TIMEOUT, seen.recv()).await;
+    assert_eq!(within(event, "close"), Some("closed"));
+}
+
+/// The other side of that watch: an answer that comes after portico started watching the
+/// client still reaches it, and its connection (and the peer's) is kept for the next request.
+#[tokio::test]
+async fn a_slow_answer_still_arrives_and_both_connections_are_kept() {
+    let (addr, accepted) = scripted(|mut s| async move {
+        while read_head(&mut s).await.is_some() {
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            let ok = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow");
+            if ok.await.is_err() {
+                return;
+            }
+        }
+    })
+    .await;
+    let proxy = Proxy::start(&one_route(addr)).await;
+    let mut client = connect(proxy.addr, None).await;
+    for _ in 0..2 {
+        client.write_all(KEEP_ALIVE).await.unwrap();
+        let raw = read_until(&mut client, b"slow").await;
+        assert_eq!(parse_response(&raw).unwrap().status, 200);
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "the peer connection was reused"
+    );
+}
+
+/// A peer that takes the request and never answers: after the upstream's `read_timeout` the
+/// client gets 504 Gateway Timeout (nginx's and HAProxy's answer), from either loop: a plain
+/// GET (portico's loop) and a POST with a body (Pingora's).
+#[tokio::test]
+async fn a_peer_that_never_answers_is_a_504_after_read_timeout() {
+    let (addr, _) = scripted(|mut s| async move {
+        if read_head(&mut s).await.is_some() {
+            // Holds the connection, silent, until portico gives up on it.
+            let mut rest = Vec::new();
+            let _ = s.read_to_end(&mut rest).await;
+        }
+    })
+    .await;
+    let config = format!(
+        "upstreams:\n  app: {{peers: ['{addr}'], read_timeout: 1s}}\nroutes:\n  - {{upstream: app}}\n"
+    );
+    let proxy = Proxy::start(&config).await;
+    let post = "POST / HTTP/1.1\r\nHost: test.local\r\nContent-Length: 2\r\n\r\nhi";
+    for (how, raw) in [("own loop", KEEP_ALIVE_CLOSE), ("Pingora's loop", post)] {
+        let started = std::time::Instant::now();
+        let r = send(proxy.addr, None, raw).await;
+        assert_eq!(r.status, 504, "{how}");
+        let waited = started.elapsed();
+        assert!(
+            waited >= std::time::Duration::from_millis(900),
+            "{how}: {waited:?}"
+        );
+    }
+}
+
+const KEEP_ALIVE_CLOSE: &str = "GET / HTTP/1.1\r\nHost: test.local\r\nConnection: close\r\n\r\n";
