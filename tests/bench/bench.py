@@ -9,13 +9,14 @@ headers; the origins and the load generator run on CPU 1. For each proxy:
   - WebSocket messages: 16 connections echoing a small message back and forth for DURATION
     seconds (tests/bench/ws_load.py): messages/s and the proxy's CPU time per message;
   - idle WebSockets: RSS growth per connection with N open (tests/bench/ws_memory.py).
-BENCH_ONLY=portico,nginx runs a subset.
+BENCH_ONLY=portico,nginx runs a subset. BENCH_ROUNDS (default 3): the proxies take turns this many
+times and each figure is the median (single runs on a 2-core machine vary by 5-15%).
 Prints one table with every figure also as a ratio to nginx and to HAProxy. Loopback only;
 every run is bounded in time.
 
 usage: bench.py PORTICO_BINARY ECHO_ORIGIN_BINARY [DURATION_S [IDLE_WS]]
 """
-import os, re, shutil, signal, socket, subprocess, sys, tempfile, time
+import os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ORIGIN_HTTP, ORIGIN_WS = 3101, 3003  # nginx origin; the demo echo origin listens on 3003
@@ -135,6 +136,7 @@ def main():
     portico_bin, echo_bin = sys.argv[1], sys.argv[2]
     duration = int(sys.argv[3]) if len(sys.argv) > 3 else 10
     idle_ws = int(sys.argv[4]) if len(sys.argv) > 4 else 2000
+    rounds = int(os.environ.get("BENCH_ROUNDS", "3"))
     tmp = tempfile.mkdtemp(prefix="portico-bench-")
     files = configs(tmp)
     started = []
@@ -151,13 +153,12 @@ def main():
             "nginx": ["nginx", "-c", files["nginx.conf"], "-p", tmp, "-g", "daemon off;"],
             "haproxy": ["haproxy", "-f", files["haproxy.cfg"], "-db"],
         }
-        results = {}
         # BENCH_ONLY=portico (a comma list) runs a subset, for quick before/after comparisons.
         only = [n for n in os.environ.get("BENCH_ONLY", "").split(",") if n]
-        for name, cmd in cmds.items():
-            if only and name not in only:
-                continue
-            env_proc = start(cmd, "0")
+        names = [n for n in cmds if not only or n in only]
+        runs = {name: [] for name in names}
+        def measure(name, with_memory):
+            env_proc = start(cmds[name], "0")
             wait_port(PORTS[name]); time.sleep(0.5)
             pid = worker_pid(name, env_proc.pid)
             wrk(PORTS[name], 2)  # warm-up
@@ -170,18 +171,35 @@ def main():
                                   capture_output=True, text=True, timeout=duration + 60).stdout
             ws_cpu = sum(children_cpu(pid)) - before
             messages = int(re.search(r"(\d+) messages", load).group(1))
-            mem = subprocess.run([sys.executable, os.path.join(HERE, "ws_memory.py"), str(pid), str(PORTS[name]), str(idle_ws), "20"],
-                                 capture_output=True, text=True, timeout=300).stdout
-            kib = float(re.search(r"([\d.]+) KiB per connection", mem).group(1))
-            results[name] = {"rps": requests / duration, "p50": p50, "p99": p99, "cpu_us": cpu * 1e6 / requests, "user_us": user * 1e6 / requests,
-                             "ws_us": ws_cpu * 1e6 / messages, "ws_mps": messages / duration, "ws_kib": kib, "errors": errors}
+            kib = None
+            if with_memory:
+                mem = subprocess.run([sys.executable, os.path.join(HERE, "ws_memory.py"), str(pid), str(PORTS[name]), str(idle_ws), "20"],
+                                     capture_output=True, text=True, timeout=300).stdout
+                kib = float(re.search(r"([\d.]+) KiB per connection", mem).group(1))
             env_proc.send_signal(signal.SIGINT if name == "portico" else signal.SIGTERM)
             env_proc.wait(timeout=20)
+            return {"rps": requests / duration, "p50": p50, "p99": p99, "cpu_us": cpu * 1e6 / requests, "user_us": user * 1e6 / requests,
+                    "ws_us": ws_cpu * 1e6 / messages, "ws_mps": messages / duration, "ws_kib": kib, "errors": errors}
+        # The proxies take turns, round after round, so drift on the machine hits all of them
+        # alike; idle-WebSocket memory is measured in the first round only (the slow part).
+        for round_ in range(rounds):
+            for name in names:
+                runs[name].append(measure(name, round_ == 0))
+        # Each figure: the median of the rounds; errors summed.
+        results = {}
+        for name, rs in runs.items():
+            results[name] = {k: statistics.median(r[k] for r in rs) for k in rs[0] if k not in ("ws_kib", "errors")}
+            results[name]["ws_kib"] = rs[0]["ws_kib"]
+            results[name]["errors"] = sum(r["errors"] for r in rs)
         print(f"\nportico benchmark, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs, loopback, 1 worker each, "
-              f"wrk -t1 -c32 -d{duration}s, {idle_ws} idle WebSockets")
+              f"wrk -t1 -c32 -d{duration}s, {idle_ws} idle WebSockets, median of {rounds} rounds taken in turn")
         print(f"{'':9}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'CPU us/req':>12}{'of it user':>11}{'WS msg/s':>10}{'CPU us/msg':>12}{'KiB/idle WS':>13}{'non-2xx':>9}")
         for name, r in results.items():
             print(f"{name:9}{r['rps']:>10.0f}{r['p50']:>9.3f}{r['p99']:>9.3f}{r['cpu_us']:>12.1f}{r['user_us']:>11.1f}{r['ws_mps']:>10.0f}{r['ws_us']:>12.1f}{r['ws_kib']:>13.2f}{r['errors']:>9}")
+        for name, rs in runs.items():
+            cpu = sorted(r["cpu_us"] for r in rs)
+            msg = sorted(r["ws_us"] for r in rs)
+            print(f"  {name} rounds: CPU us/req {' '.join(f'{c:.1f}' for c in cpu)}, us/msg {' '.join(f'{m:.1f}' for m in msg)}")
         p = results.get("portico")
         for other in ("nginx", "haproxy"):
             o = results.get(other)
