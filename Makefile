@@ -82,8 +82,9 @@ fuzz: deps fuzz-tools
 bench: deps
 	@command -v nginx >/dev/null && command -v haproxy >/dev/null && command -v wrk >/dev/null || \
 		{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq nginx-light haproxy wrk; }
-	cargo build --release --bin portico --example demo_origins
-	python3 tests/bench/bench.py target/release/portico target/release/examples/demo_origins
+	cargo build --release --bin portico --example demo_origins --example bare_pingora
+	BARE_PINGORA=target/release/examples/bare_pingora \
+		python3 tests/bench/bench.py target/release/portico target/release/examples/demo_origins
 
 ci: fmt-check lint check-config check-deploy test
 	$(MAKE) fuzz FUZZ_SECONDS=20

@@ -9,7 +9,8 @@ headers; the origins and the load generator run on CPU 1. For each proxy:
   - WebSocket messages: 16 connections echoing a small message back and forth for DURATION
     seconds (tests/bench/ws_load.py): messages/s and the proxy's CPU time per message;
   - idle WebSockets: RSS growth per connection with N open (tests/bench/ws_memory.py).
-BENCH_ONLY=portico,nginx runs a subset. BENCH_ROUNDS (default 3): the proxies take turns this many
+BENCH_ONLY=portico,nginx runs a subset; BARE_PINGORA=path/to/bare_pingora adds Pingora alone
+(examples/bare_pingora.rs). BENCH_ROUNDS (default 3): the proxies take turns this many
 times and each figure is the median (single runs on a 2-core machine vary by 5-15%).
 Prints one table with every figure also as a ratio to nginx and to HAProxy. Loopback only;
 every run is bounded in time.
@@ -20,7 +21,7 @@ import os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, ti
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ORIGIN_HTTP, ORIGIN_WS = 3101, 3003  # nginx origin; the demo echo origin listens on 3003
-PORTS = {"portico": 3201, "nginx": 3202, "haproxy": 3203}
+PORTS = {"portico": 3201, "nginx": 3202, "haproxy": 3203, "pingora": 3204}
 CLK = os.sysconf("SC_CLK_TCK")
 
 def wait_port(port, timeout=10):
@@ -153,6 +154,11 @@ def main():
             "nginx": ["nginx", "-c", files["nginx.conf"], "-p", tmp, "-g", "daemon off;"],
             "haproxy": ["haproxy", "-f", files["haproxy.cfg"], "-db"],
         }
+        # BARE_PINGORA=examples/bare_pingora binary: also the framework alone, Pingora's own
+        # load-balancer example with the same headers (its floor under portico's figures).
+        bare = os.environ.get("BARE_PINGORA")
+        if bare:
+            cmds["pingora"] = [bare, f"127.0.0.1:{PORTS['pingora']}", f"127.0.0.1:{ORIGIN_HTTP}", f"127.0.0.1:{ORIGIN_WS}"]
         # BENCH_ONLY=portico (a comma list) runs a subset, for quick before/after comparisons.
         only = [n for n in os.environ.get("BENCH_ONLY", "").split(",") if n]
         names = [n for n in cmds if not only or n in only]
@@ -176,7 +182,8 @@ def main():
                 mem = subprocess.run([sys.executable, os.path.join(HERE, "ws_memory.py"), str(pid), str(PORTS[name]), str(idle_ws), "20"],
                                      capture_output=True, text=True, timeout=300).stdout
                 kib = float(re.search(r"([\d.]+) KiB per connection", mem).group(1))
-            env_proc.send_signal(signal.SIGINT if name == "portico" else signal.SIGTERM)
+            # SIGINT: Pingora's fast shutdown (SIGTERM waits out a grace period).
+            env_proc.send_signal(signal.SIGINT if name in ("portico", "pingora") else signal.SIGTERM)
             env_proc.wait(timeout=20)
             return {"rps": requests / duration, "p50": p50, "p99": p99, "cpu_us": cpu * 1e6 / requests, "user_us": user * 1e6 / requests,
                     "ws_us": ws_cpu * 1e6 / messages, "ws_mps": messages / duration, "ws_kib": kib, "errors": errors}
@@ -201,7 +208,7 @@ def main():
             msg = sorted(r["ws_us"] for r in rs)
             print(f"  {name} rounds: CPU us/req {' '.join(f'{c:.1f}' for c in cpu)}, us/msg {' '.join(f'{m:.1f}' for m in msg)}")
         p = results.get("portico")
-        for other in ("nginx", "haproxy"):
+        for other in ("nginx", "haproxy", "pingora"):
             o = results.get(other)
             if p and o:
                 print(f"portico / {other}: CPU per request {p['cpu_us'] / o['cpu_us']:.2f}x, per WebSocket message {p['ws_us'] / o['ws_us']:.2f}x, "
