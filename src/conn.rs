@@ -118,6 +118,11 @@ where
                 self.keepalive_timeout
             }
         });
+        // HTTP/1.1 pipelining (RFC 9112 9.3.2), served in order as nginx and HAProxy do; by
+        // default Pingora answers the first request, closes, and drops the ones behind it.
+        if let ServerSession::H1(h1) = &mut session {
+            h1.set_pipelining_enabled(true);
+        }
         if session.get_keepalive().is_some() {
             // Pingora's per-read idle timeout between requests (whole seconds; 0 would mean
             // "no keep-alive", so at least 1).

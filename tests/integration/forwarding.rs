@@ -349,3 +349,66 @@ async fn a_peer_that_never_answers_is_a_504_after_read_timeout() {
 }
 
 const KEEP_ALIVE_CLOSE: &str = "GET / HTTP/1.1\r\nHost: test.local\r\nConnection: close\r\n\r\n";
+
+/// Reads `n` responses (each with a Content-Length, as the test origin sends) from `s`.
+async fn read_responses(s: &mut TcpStream, n: usize) -> Vec<Resp> {
+    let mut buf = Vec::new();
+    let mut out = Vec::new();
+    while out.len() < n {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut resp = httparse::Response::new(&mut headers);
+        if let Ok(httparse::Status::Complete(head)) = resp.parse(&buf) {
+            let length = resp
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                .map(|h| {
+                    std::str::from_utf8(h.value)
+                        .unwrap()
+                        .parse::<usize>()
+                        .unwrap()
+                })
+                .expect("a Content-Length");
+            if buf.len() >= head + length {
+                out.push(parse_response(&buf[..head + length]).unwrap());
+                buf.drain(..head + length);
+                continue;
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        let read = tokio::time::timeout(IO_TIMEOUT, s.read(&mut chunk)).await;
+        let got = read.expect("responses timed out").unwrap();
+        assert!(got > 0, "closed after {} of {n} responses", out.len());
+        buf.extend_from_slice(&chunk[..got]);
+    }
+    out
+}
+
+/// HTTP/1.1 pipelining (RFC 9112 9.3.2), as nginx and HAProxy serve it: requests sent before
+/// the previous answer arrived are answered in order on the same connection, by either loop,
+/// whether they come in one write or while the previous one is still at the peer (after portico
+/// started watching the client for a disconnect). Pingora's default would answer the first,
+/// close, and drop the rest.
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order() {
+    let origin = HttpOrigin::start("a").await;
+    let proxy = Proxy::start(&one_route(origin.addr)).await;
+    let mut client = connect(proxy.addr, None).await;
+    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: test.local\r\n\r\n");
+    let post = "POST /post HTTP/1.1\r\nHost: test.local\r\nContent-Length: 2\r\n\r\nhi";
+    let paths = |rs: &[Resp]| -> Vec<String> {
+        let path = |r: &Resp| r.json()["path"].as_str().unwrap().to_owned();
+        rs.iter().map(path).collect()
+    };
+    // A plain GET (portico's loop), a POST (Pingora's), a GET: in one write.
+    let together = format!("{}{post}{}", get("/one"), get("/two"));
+    client.write_all(together.as_bytes()).await.unwrap();
+    let rs = read_responses(&mut client, 3).await;
+    assert_eq!(paths(&rs), ["/one", "/post", "/two"]);
+    // The next request while the slow one is still at the peer, past the 100 ms watch.
+    client.write_all(get("/slow/400").as_bytes()).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    client.write_all(get("/three").as_bytes()).await.unwrap();
+    let rs = read_responses(&mut client, 2).await;
+    assert_eq!(paths(&rs), ["/slow/400", "/three"]);
+}
