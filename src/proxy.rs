@@ -383,23 +383,14 @@ impl ProxyHttp for Portico {
         Ok(())
     }
 
-    /// Pingora's answer to a request that failed, but a peer that timed out (connecting or
-    /// answering) is 504 Gateway Timeout, as nginx and HAProxy answer, rather than 502.
+    /// Pingora's answer to a request that failed (`error_status`).
     async fn fail_to_proxy(
         &self,
         session: &mut Session,
         e: &Error,
         _ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        let code = match (e.etype(), e.esource()) {
-            (HTTPStatus(code), _) => *code,
-            (ConnectTimedout | ReadTimedout, ErrorSource::Upstream) => 504,
-            (_, ErrorSource::Upstream) => 502,
-            // The client's connection is gone: nothing to answer.
-            (WriteError | ReadError | ConnectionClosed, ErrorSource::Downstream) => 0,
-            (_, ErrorSource::Downstream) => 400,
-            _ => 500,
-        };
+        let code = error_status(e);
         if code > 0 {
             if let Err(e) = session.respond_error(code).await {
                 log::error!("failed to send the error response: {e}");
@@ -409,6 +400,18 @@ impl ProxyHttp for Portico {
             error_code: code,
             can_reuse_downstream: false,
         }
+    }
+
+    /// One log line per failed request, the same from both loops (Pingora would say "Fail to
+    /// filter request" for the own loop's, which runs inside `request_filter`). A client that
+    /// went away is not the proxy's error: info, as nginx logs it.
+    fn suppress_error_log(&self, session: &Session, ctx: &RequestCtx, e: &Error) -> bool {
+        let summary = self.request_summary(session, ctx);
+        match error_status(e) {
+            0 => log::info!("client went away: {e}, {summary}"),
+            code => log::error!("Fail to proxy: {e}, status: {code}, {summary}"),
+        }
+        true
     }
 
     /// Metrics and one access-log line per request; for an upgrade, when the tunnel closes.
@@ -745,6 +748,20 @@ impl Portico {
             .await;
         }
         Ok(true)
+    }
+}
+
+/// The status portico answers a failed request with: Pingora's mapping, but a peer that timed
+/// out (connecting or answering) is 504 Gateway Timeout, as nginx and HAProxy answer, not 502.
+/// 0: the client's connection is gone, nothing to answer.
+fn error_status(e: &Error) -> u16 {
+    match (e.etype(), e.esource()) {
+        (HTTPStatus(code), _) => *code,
+        (ConnectTimedout | ReadTimedout, ErrorSource::Upstream) => 504,
+        (_, ErrorSource::Upstream) => 502,
+        (WriteError | ReadError | ConnectionClosed, ErrorSource::Downstream) => 0,
+        (_, ErrorSource::Downstream) => 400,
+        _ => 500,
     }
 }
 

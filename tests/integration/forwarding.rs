@@ -288,6 +288,9 @@ async fn a_client_that_leaves_a_slow_request_frees_the_peer_connection() {
     drop(client);
     let event = tokio::time::timeout(IO_TIMEOUT, seen.recv()).await;
     assert_eq!(within(event, "close"), Some("closed"));
+    // Not the proxy's error: logged as the client's doing, at info.
+    proxy.wait_for_log("client went away").await;
+    assert!(!proxy.logs().contains("Fail to"), "{}", proxy.logs());
 }
 
 /// The other side of that watch: an answer that comes after portico started watching the
@@ -346,6 +349,12 @@ async fn a_peer_that_never_answers_is_a_504_after_read_timeout() {
             "{how}: {waited:?}"
         );
     }
+    // Both failures logged alike, as what they are.
+    proxy.wait_for_log("status: 504, GET /").await;
+    proxy.wait_for_log("status: 504, POST /").await;
+    let logs = proxy.logs();
+    assert_eq!(logs.matches("Fail to proxy: ").count(), 2, "{logs}");
+    assert!(!logs.contains("Fail to filter request"), "{logs}");
 }
 
 const KEEP_ALIVE_CLOSE: &str = "GET / HTTP/1.1\r\nHost: test.local\r\nConnection: close\r\n\r\n";
