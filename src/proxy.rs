@@ -536,6 +536,7 @@ impl Portico {
             }
         };
 
+        let upstream_read_timeout = peer.template.options.read_timeout;
         loop {
             let head = upstream.resp_header().expect("a response head was read");
             if !head.status.is_informational() {
@@ -550,11 +551,10 @@ impl Portico {
                 .await
                 .map_err(|e| e.into_down())?;
             let answer = async { upstream.read_response().await.map_err(|e| e.into_up()) };
-            let read_timeout = peer.template.options.read_timeout;
-            await_peer(session, answer, read_timeout).await??;
+            await_peer(session, answer, upstream_read_timeout).await??;
         }
         ctx.mark_answered();
-        upstream.read_timeout = peer.template.options.read_timeout;
+        upstream.read_timeout = upstream_read_timeout;
         let mut resp = Box::new(upstream.resp_header().expect("read").clone());
         let end = upstream.is_body_done();
         let bodiless = session.req_header().method == http::Method::HEAD
