@@ -612,14 +612,16 @@ impl Portico {
             strip,
         )?;
 
-        // An upgrade that never reached a peer's answer: counted, and a 502 for Pingora to send.
-        let failed = |why: String, e: Box<dyn std::error::Error + Send + Sync>| {
-            METRICS
-                .websocket_upgrades
-                .with_label_values(&[route.name.as_str(), "failed"])
-                .inc();
-            Error::because(HTTPStatus(502), why, e)
-        };
+        // An upgrade that never reached a peer's answer: counted, and the peer's error for
+        // Pingora to answer (`error_status`: 504 when the peer timed out, else 502).
+        let failed =
+            |why: String, etype: ErrorType, e: Box<dyn std::error::Error + Send + Sync>| {
+                METRICS
+                    .websocket_upgrades
+                    .with_label_values(&[route.name.as_str(), "failed"])
+                    .inc();
+                Error::because(etype, why, e).into_up()
+            };
         let (peer, mut upstream) = loop {
             let peer = match next_peer(ctx, group) {
                 Ok(p) => p,
@@ -646,7 +648,10 @@ impl Portico {
                         peer.addr
                     );
                 }
-                Err(e) => return Err(failed(format!("connecting to {}", peer.addr), e)),
+                Err(e) => {
+                    let etype = e.etype().clone();
+                    return Err(failed(format!("connecting to {}", peer.addr), etype, e));
+                }
             }
         };
         let timeout = peer
@@ -657,10 +662,12 @@ impl Portico {
         let answer = match websocket::exchange(&mut upstream, &request, timeout).await {
             Ok(a) => a,
             Err(e) => {
-                return Err(failed(
-                    format!("websocket handshake with {}", peer.addr),
-                    Box::new(e),
-                ))
+                let etype = match e.kind() {
+                    std::io::ErrorKind::TimedOut => ReadTimedout,
+                    _ => ReadError,
+                };
+                let why = format!("websocket handshake with {}", peer.addr);
+                return Err(failed(why, etype, Box::new(e)));
             }
         };
 

@@ -323,7 +323,8 @@ async fn a_slow_answer_still_arrives_and_both_connections_are_kept() {
 
 /// A peer that takes the request and never answers: after the upstream's `read_timeout` the
 /// client gets 504 Gateway Timeout (nginx's and HAProxy's answer), from either loop: a plain
-/// GET (portico's loop) and a POST with a body (Pingora's).
+/// GET (portico's loop), a POST with a body (Pingora's), and a WebSocket upgrade (portico's
+/// handshake).
 #[tokio::test]
 async fn a_peer_that_never_answers_is_a_504_after_read_timeout() {
     let (addr, _) = scripted(|mut s| async move {
@@ -339,7 +340,13 @@ async fn a_peer_that_never_answers_is_a_504_after_read_timeout() {
     );
     let proxy = Proxy::start(&config).await;
     let post = "POST / HTTP/1.1\r\nHost: test.local\r\nContent-Length: 2\r\n\r\nhi";
-    for (how, raw) in [("own loop", KEEP_ALIVE_CLOSE), ("Pingora's loop", post)] {
+    let upgrade = "GET /ws HTTP/1.1\r\nHost: test.local\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+    let cases = [
+        ("own loop", KEEP_ALIVE_CLOSE),
+        ("Pingora's loop", post),
+        ("upgrade", upgrade),
+    ];
+    for (how, raw) in cases {
         let started = std::time::Instant::now();
         let r = send(proxy.addr, None, raw).await;
         assert_eq!(r.status, 504, "{how}");
@@ -352,8 +359,9 @@ async fn a_peer_that_never_answers_is_a_504_after_read_timeout() {
     // Both failures logged alike, as what they are.
     proxy.wait_for_log("status: 504, GET /").await;
     proxy.wait_for_log("status: 504, POST /").await;
+    proxy.wait_for_log("status: 504, GET /ws").await;
     let logs = proxy.logs();
-    assert_eq!(logs.matches("Fail to proxy: ").count(), 2, "{logs}");
+    assert_eq!(logs.matches("Fail to proxy: ").count(), 3, "{logs}");
     assert!(!logs.contains("Fail to filter request"), "{logs}");
 }
 
