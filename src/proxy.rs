@@ -460,7 +460,7 @@ impl Portico {
     /// that loop does for these requests: connect failures retried on another peer, a pooled
     /// connection the peer had closed retried once on a new one, interim 1xx passed on, a
     /// close-delimited body re-framed as chunked so the client keeps its connection, errors
-    /// answered by Pingora (502 before the response started; a cut connection after).
+    /// answered by Pingora (`error_status` before the response started; a cut connection after).
     async fn forward(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let snapshot = Arc::clone(&ctx.snapshot);
         let route = &snapshot.routes[ctx.route.expect("routed")];
@@ -612,34 +612,24 @@ impl Portico {
             strip,
         )?;
 
-        // An upgrade that never reached a peer's answer: counted, and the peer's error for
-        // Pingora to answer (`error_status`: 504 when the peer timed out, else 502).
+        // An upgrade that never reached a peer's answer: counted, and an error for Pingora to
+        // answer (`error_status`: 503 no peer, 504 when the peer timed out, else 502).
+        let counted = |e: Box<Error>| {
+            METRICS
+                .websocket_upgrades
+                .with_label_values(&[route.name.as_str(), "failed"])
+                .inc();
+            e
+        };
         let failed =
             |why: String, etype: ErrorType, e: Box<dyn std::error::Error + Send + Sync>| {
-                METRICS
-                    .websocket_upgrades
-                    .with_label_values(&[route.name.as_str(), "failed"])
-                    .inc();
-                Error::because(etype, why, e).into_up()
+                counted(Error::because(etype, why, e).into_up())
             };
         let (peer, mut upstream) = loop {
-            let peer = match next_peer(ctx, group) {
-                Ok(p) => p,
-                Err(e) => {
-                    METRICS
-                        .websocket_upgrades
-                        .with_label_values(&[route.name.as_str(), "failed"])
-                        .inc();
-                    return Err(e);
-                }
-            };
-            let started = Instant::now();
+            let peer = next_peer(ctx, group).map_err(counted)?;
             match self.connector.new_stream(&peer.template).await {
                 Ok(stream) => {
-                    METRICS
-                        .upstream_connect_duration
-                        .with_label_values(&[group.name.as_str()])
-                        .observe(started.elapsed().as_secs_f64());
+                    ctx.mark_connected();
                     break (peer, stream);
                 }
                 Err(e) if connect_failed(ctx, group) => {
