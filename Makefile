@@ -4,7 +4,7 @@
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PORTICO := target/debug/portico
 
-.PHONY: deps build run test fmt fmt-check lint check-config deploy-tools check-deploy bench fuzz fuzz-tools ci
+.PHONY: deps build run test fmt fmt-check lint check-config deploy-tools check-deploy bench check-bench fuzz fuzz-tools ci
 
 ## deps: what a fresh Debian machine with Rust lacks (pingora-core builds zlib-ng with cmake)
 deps:
@@ -83,8 +83,12 @@ bench: deps
 	@command -v nginx >/dev/null && command -v haproxy >/dev/null && command -v wrk >/dev/null || \
 		{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq nginx-light haproxy wrk; }
 	cargo build --release --bin portico --example demo_origins --example bare_pingora
-	BARE_PINGORA=target/release/examples/bare_pingora \
+	BARE_PINGORA=target/release/examples/bare_pingora BENCH_README=README.md \
 		python3 tests/bench/bench.py target/release/portico target/release/examples/demo_origins
 
-ci: fmt-check lint check-config check-deploy test
+## check-bench: README.md has the block `make bench` rewrites, and a sample result renders into it
+check-bench:
+	python3 tests/bench/bench.py --check-readme README.md
+
+ci: fmt-check lint check-config check-deploy check-bench test
 	$(MAKE) fuzz FUZZ_SECONDS=20

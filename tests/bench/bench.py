@@ -13,9 +13,12 @@ BENCH_ONLY=portico,nginx runs a subset; BARE_PINGORA=path/to/bare_pingora adds P
 (examples/bare_pingora.rs). BENCH_ROUNDS (default 3): the proxies take turns this many
 times and each figure is the median (single runs on a 2-core machine vary by 5-15%).
 Prints one table with every figure also as a ratio to nginx and to HAProxy. Loopback only;
-every run is bounded in time.
+every run is bounded in time. BENCH_README=README.md (what `make bench` passes): the results
+table there, between the `bench:begin` and `bench:end` markers, is replaced by this run's
+(date, machine, versions, figures, ratios, targets), when portico, nginx and HAProxy all ran.
 
 usage: bench.py PORTICO_BINARY ECHO_ORIGIN_BINARY [DURATION_S [IDLE_WS]]
+       bench.py --check-readme README.md   (make check-bench, in CI: the results block is there)
 """
 import os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
 
@@ -122,6 +125,83 @@ routes:
         files[name] = path
     return files
 
+README_BEGIN = "<!-- bench:begin: written by tests/bench/bench.py (make bench), do not edit -->"
+README_END = "<!-- bench:end -->"
+LABELS = {"portico": "portico", "nginx": "nginx", "haproxy": "HAProxy", "pingora": "bare Pingora"}
+
+def machine():
+    """CPU model, CPU count and kernel of this machine, for the README's table."""
+    model = "unknown CPU"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = " ".join(line.split(":", 1)[1].split())
+                break
+    return f"{model}, {os.cpu_count()} CPUs, Linux {os.uname().release}"
+
+def versions():
+    """nginx and HAProxy versions as they print them."""
+    nginx = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr
+    haproxy = subprocess.run(["haproxy", "-v"], capture_output=True, text=True).stdout
+    n = re.search(r"nginx/(\S+)", nginx)
+    h = re.search(r"version (\S+)", haproxy)
+    return f"nginx {n.group(1) if n else '?'}, HAProxy {h.group(1) if h else '?'}"
+
+def ratios(p, o):
+    return {"cpu": p["cpu_us"] / o["cpu_us"], "msg": p["ws_us"] / o["ws_us"], "p99": p["p99"] / o["p99"],
+            "kib": p["ws_kib"] / o["ws_kib"], "rps": p["rps"] / o["rps"]}
+
+def render(results, runs, when, setup):
+    """The README's results block: the table, every round's CPU figures, ratios, the targets."""
+    out = [README_BEGIN, "", f"{when}, {machine()}, {versions()}, {setup}:", "",
+           "| | req/s | p50 ms | p99 ms | CPU µs/req | of it user | WS msg/s | CPU µs/msg | KiB/idle WS |",
+           "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for name, r in results.items():
+        out.append(f"| {LABELS[name]} | {r['rps']:,.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['cpu_us']:.1f} | {r['user_us']:.1f} "
+                   f"| {r['ws_mps']:,.0f} | {r['ws_us']:.1f} | {r['ws_kib']:.2f} |")
+    out.append("")
+    rounds = "; ".join(LABELS[n] + " " + " ".join(f"{r['cpu_us']:.1f}" for r in rs) for n, rs in runs.items())
+    out.append(f"CPU µs per request in each round: {rounds}.")
+    p, ng, hp = results["portico"], results["nginx"], results["haproxy"]
+    a, b = ratios(p, ng), ratios(p, hp)
+    out.append("")
+    out.append(f"Ratios, portico to nginx / HAProxy: CPU per request {a['cpu']:.2f}x / {b['cpu']:.2f}x, per WebSocket "
+               f"message {a['msg']:.2f}x / {b['msg']:.2f}x, p99 {a['p99']:.2f}x / {b['p99']:.2f}x, memory per idle "
+               f"WebSocket {a['kib']:.2f}x / {b['kib']:.2f}x, requests per second {a['rps']:.2f}x / {b['rps']:.2f}x.")
+    if "pingora" in results:
+        c = ratios(p, results["pingora"])
+        out.append(f"To bare Pingora: CPU per request {c['cpu']:.2f}x, per message {c['msg']:.2f}x, p99 {c['p99']:.2f}x, "
+                   f"memory per idle WebSocket {c['kib']:.2f}x.")
+    met = lambda ok: "met" if ok else "not met"
+    out.append("")
+    out.append(f"Targets: CPU per request at most 0.8x of both ({met(max(a['cpu'], b['cpu']) <= 0.8)}), per WebSocket message "
+               f"at most 0.8x of both ({met(max(a['msg'], b['msg']) <= 0.8)}), p99 no worse than either "
+               f"({met(max(a['p99'], b['p99']) <= 1.0)}), at most 4 KiB per idle WebSocket ({met(p['ws_kib'] <= 4.0)}).")
+    out += ["", README_END]
+    return "\n".join(out)
+
+def write_readme(path, block):
+    """Replaces the block between the markers in path; the text around it is kept."""
+    with open(path) as f:
+        text = f.read()
+    start, end = text.find(README_BEGIN), text.find(README_END)
+    if start < 0 or end < start:
+        raise SystemExit(f"{path}: no '{README_BEGIN}' ... '{README_END}' block to replace")
+    with open(path, "w") as f:
+        f.write(text[:start] + block + text[end + len(README_END):])
+
+def check_readme(path):
+    """`make check-bench`: path has one results block, and a sample run renders into it."""
+    sample = {"rps": 1000.0, "p50": 0.5, "p99": 1.0, "cpu_us": 10.0, "user_us": 5.0, "ws_mps": 100.0, "ws_us": 10.0, "ws_kib": 4.0, "errors": 0}
+    results = {name: dict(sample) for name in LABELS}
+    with open(path) as f:
+        text = f.read()
+    if text.count(README_BEGIN) != 1 or text.count(README_END) != 1 or text.find(README_END) < text.find(README_BEGIN):
+        raise SystemExit(f"{path}: needs exactly one '{README_BEGIN}' ... '{README_END}' block")
+    block = render(results, {n: [r] for n, r in results.items()}, "date", "setup")
+    assert block.startswith(README_BEGIN) and block.endswith(README_END) and block.count("| ") >= 4 * 9, block
+    print(f"{path}: results block found; a sample run renders ({len(block.splitlines())} lines)")
+
 def wrk(port, duration):
     out = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", "-c32", f"-d{duration}s", "--latency", f"http://127.0.0.1:{port}/"],
                          capture_output=True, text=True, timeout=duration + 30).stdout
@@ -134,6 +214,8 @@ def wrk(port, duration):
     return requests, int(errors.group(1)) if errors else 0, ms(lat["50"]), ms(lat["99"])
 
 def main():
+    if sys.argv[1:2] == ["--check-readme"]:
+        return check_readme(sys.argv[2])
     portico_bin, echo_bin = sys.argv[1], sys.argv[2]
     duration = int(sys.argv[3]) if len(sys.argv) > 3 else 10
     idle_ws = int(sys.argv[4]) if len(sys.argv) > 4 else 2000
@@ -213,6 +295,15 @@ def main():
             if p and o:
                 print(f"portico / {other}: CPU per request {p['cpu_us'] / o['cpu_us']:.2f}x, per WebSocket message {p['ws_us'] / o['ws_us']:.2f}x, "
                       f"p99 {p['p99'] / o['p99']:.2f}x, KiB per idle WebSocket {p['ws_kib'] / o['ws_kib']:.2f}x, req/s {p['rps'] / o['rps']:.2f}x")
+        readme = os.environ.get("BENCH_README")
+        if readme:
+            if all(n in results for n in ("portico", "nginx", "haproxy")):
+                setup = (f"loopback, 1 worker each, wrk -t1 -c32 -d{duration}s, {idle_ws:,} idle WebSockets, "
+                         f"medians of {rounds} rounds taken in turn")
+                write_readme(readme, render(results, runs, time.strftime("%Y-%m-%d"), setup))
+                print(f"{readme}: results table rewritten")
+            else:
+                print(f"{readme}: not rewritten (portico, nginx and HAProxy did not all run)")
     finally:
         for p in started:
             if p.poll() is None:
