@@ -180,26 +180,38 @@ def render(results, runs, when, setup):
     out += ["", README_END]
     return "\n".join(out)
 
-def write_readme(path, block):
-    """Replaces the block between the markers in path; the text around it is kept."""
+def print_ratios(results):
+    """portico's figures as ratios to each other proxy that ran."""
+    p = results.get("portico")
+    for other in ("nginx", "haproxy", "pingora"):
+        if p and other in results:
+            r = ratios(p, results[other])
+            print(f"portico / {other}: CPU per request {r['cpu']:.2f}x, per WebSocket message {r['msg']:.2f}x, "
+                  f"p99 {r['p99']:.2f}x, KiB per idle WebSocket {r['kib']:.2f}x, req/s {r['rps']:.2f}x")
+
+def readme_block(path):
+    """path's text and where its one results block starts and ends."""
     with open(path) as f:
         text = f.read()
     start, end = text.find(README_BEGIN), text.find(README_END)
-    if start < 0 or end < start:
-        raise SystemExit(f"{path}: no '{README_BEGIN}' ... '{README_END}' block to replace")
+    if text.count(README_BEGIN) != 1 or text.count(README_END) != 1 or end < start:
+        raise SystemExit(f"{path}: needs exactly one '{README_BEGIN}' ... '{README_END}' block")
+    return text, start, end + len(README_END)
+
+def write_readme(path, block):
+    """Replaces the results block in path; the text around it is kept."""
+    text, start, end = readme_block(path)
     with open(path, "w") as f:
-        f.write(text[:start] + block + text[end + len(README_END):])
+        f.write(text[:start] + block + text[end:])
 
 def check_readme(path):
     """`make check-bench`: path has one results block, and a sample run renders into it."""
     sample = {"rps": 1000.0, "p50": 0.5, "p99": 1.0, "cpu_us": 10.0, "user_us": 5.0, "ws_mps": 100.0, "ws_us": 10.0, "ws_kib": 4.0, "errors": 0}
     results = {name: dict(sample) for name in LABELS}
-    with open(path) as f:
-        text = f.read()
-    if text.count(README_BEGIN) != 1 or text.count(README_END) != 1 or text.find(README_END) < text.find(README_BEGIN):
-        raise SystemExit(f"{path}: needs exactly one '{README_BEGIN}' ... '{README_END}' block")
+    readme_block(path)
     block = render(results, {n: [r] for n, r in results.items()}, "date", "setup")
     assert block.startswith(README_BEGIN) and block.endswith(README_END) and block.count("| ") >= 4 * 9, block
+    print_ratios(results)
     print(f"{path}: results block found; a sample run renders ({len(block.splitlines())} lines)")
 
 def wrk(port, duration):
@@ -289,12 +301,7 @@ def main():
             cpu = sorted(r["cpu_us"] for r in rs)
             msg = sorted(r["ws_us"] for r in rs)
             print(f"  {name} rounds: CPU us/req {' '.join(f'{c:.1f}' for c in cpu)}, us/msg {' '.join(f'{m:.1f}' for m in msg)}")
-        p = results.get("portico")
-        for other in ("nginx", "haproxy", "pingora"):
-            o = results.get(other)
-            if p and o:
-                print(f"portico / {other}: CPU per request {p['cpu_us'] / o['cpu_us']:.2f}x, per WebSocket message {p['ws_us'] / o['ws_us']:.2f}x, "
-                      f"p99 {p['p99'] / o['p99']:.2f}x, KiB per idle WebSocket {p['ws_kib'] / o['ws_kib']:.2f}x, req/s {p['rps'] / o['rps']:.2f}x")
+        print_ratios(results)
         readme = os.environ.get("BENCH_README")
         if readme:
             if all(n in results for n in ("portico", "nginx", "haproxy")):
