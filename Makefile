@@ -60,7 +60,7 @@ check-deploy: deploy-tools
 		cat target/unit.log; if [ -s target/unit.log ]; then exit 1; fi; echo "systemd unit ok"; \
 	else echo "systemd-analyze not installed: the unit is not verified"; fi
 
-## fuzz: each cargo-fuzz target (tests/fuzz: config, request, streams) for FUZZ_SECONDS
+## fuzz: each cargo-fuzz target (tests/fuzz: config, request, streams, canonical) for FUZZ_SECONDS
 ## (default 60) on nightly; a crash stops with the input in tests/fuzz/artifacts/
 FUZZ_SECONDS ?= 60
 fuzz-tools:
@@ -68,12 +68,13 @@ fuzz-tools:
 	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 
 fuzz: deps fuzz-tools
-	mkdir -p tests/fuzz/corpus/config tests/fuzz/corpus/request tests/fuzz/corpus/streams
+	mkdir -p tests/fuzz/corpus/config tests/fuzz/corpus/request tests/fuzz/corpus/streams tests/fuzz/corpus/canonical
 	cp conf/portico.yaml tests/fixtures/bad/*.yaml tests/fuzz/corpus/config/
 	cp deploy/kubernetes/portico.yaml tests/fuzz/corpus/config/kubernetes.yaml
 	cp tests/fuzz/seeds/request/* tests/fuzz/corpus/request/
+	cp tests/fuzz/seeds/canonical/* tests/fuzz/corpus/canonical/
 	cd tests/fuzz && cargo +nightly fuzz build -O --fuzz-dir .
-	for t in config request streams; do \
+	for t in config request streams canonical; do \
 		(cd tests/fuzz && cargo +nightly fuzz run -O --fuzz-dir . $$t -- \
 			-max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 -print_final_stats=1) || exit 1; \
 	done

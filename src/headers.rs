@@ -90,6 +90,7 @@ pub struct Forwarded<'a> {
 /// or scheme. From a trusted one the chain is extended and its Proto/Host are kept.
 /// Names go out as nginx and HAProxy spell them; the peer's address is formatted once.
 pub fn apply_forwarded(req: &mut RequestHeader, f: &Forwarded) {
+    drop_underscore_spellings(req);
     let peer = canonical(f.peer);
     let peer_value = ip_value(peer);
     let prior = || {
@@ -122,6 +123,38 @@ pub fn apply_forwarded(req: &mut RequestHeader, f: &Forwarded) {
                 req.remove_header(&X_FORWARDED_HOST);
             }
         }
+    }
+}
+
+/// Drops fields whose names spell a forwarding header with `_` (`X_Forwarded_For`,
+/// `X-Real_IP`): CGI and WSGI origins read both spellings as one variable (`HTTP_X_FORWARDED_FOR`),
+/// so a client could set what portico's own field says. Costs a scan of the names only.
+fn drop_underscore_spellings(req: &mut RequestHeader) {
+    const FORWARDING: [&str; 6] = [
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-forwarded-port",
+        "x-forwarded-prefix",
+        "x-real-ip",
+    ];
+    let spoofs: Vec<HeaderName> = req
+        .headers
+        .keys()
+        .filter(|n| {
+            let n = n.as_str().as_bytes();
+            n.contains(&b'_')
+                && FORWARDING.iter().any(|f| {
+                    f.len() == n.len()
+                        && f.bytes()
+                            .zip(n)
+                            .all(|(f, c)| f == *c || (f == b'-' && *c == b'_'))
+                })
+        })
+        .cloned()
+        .collect();
+    for name in &spoofs {
+        req.remove_header(name);
     }
 }
 
@@ -161,17 +194,19 @@ pub fn is_plain(req: &RequestHeader) -> bool {
         && req.raw_path().first() == Some(&b'/')
         && req.headers.get_all(http::header::HOST).iter().count() == 1
         && NOT_PLAIN.iter().all(|name| !req.headers.contains_key(name))
-        && req
-            .headers
-            .get_all(http::header::CONNECTION)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-            .map(<[u8]>::trim_ascii)
-            .all(|t| {
-                t.is_empty()
-                    || t.eq_ignore_ascii_case(b"keep-alive")
-                    || t.eq_ignore_ascii_case(b"close")
-            })
+        && tokens(&req.headers, http::header::CONNECTION)
+            .all(|t| t.eq_ignore_ascii_case(b"keep-alive") || t.eq_ignore_ascii_case(b"close"))
+}
+
+/// The comma-separated tokens of every `name` field, trimmed, empty ones skipped
+/// (`Connection: keep-alive, Upgrade`), as bytes: a value need not be text.
+pub fn tokens(headers: &HeaderMap, name: HeaderName) -> impl Iterator<Item = &[u8]> {
+    headers
+        .get_all(name)
+        .into_iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
 }
 
 /// A route's `request_headers` or `response_headers`, names and values parsed once.

@@ -38,6 +38,7 @@ pub mod limits;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;
+pub mod request;
 pub mod routing;
 pub mod snapshot;
 pub mod tls;

@@ -7,7 +7,7 @@ use crate::checks;
 use crate::headers::{self, Forwarded};
 use crate::limits::{self, ConnectionSlot};
 use crate::metrics::{status_class, METRICS};
-use crate::routing;
+use crate::request::{self, Refusal, View};
 use crate::snapshot::{Route, SharedSnapshot, Snapshot};
 use crate::tunnel::Tunnel;
 use crate::upstream::{pool, InflightGuard, Peer, UpstreamGroup};
@@ -76,6 +76,8 @@ pub struct RequestCtx {
     body_bytes: u64,
     /// Counts this upgrade against the route's `max_connections` for its client.
     connection_slot: Option<ConnectionSlot>,
+    /// The canonical host and path every policy judges (set before routing).
+    view: View,
 }
 
 impl RequestCtx {
@@ -153,6 +155,7 @@ impl ProxyHttp for Portico {
             ws_status: None,
             body_bytes: 0,
             connection_slot: None,
+            view: View::default(),
         }
     }
 
@@ -168,14 +171,24 @@ impl ProxyHttp for Portico {
             session.set_keepalive(None);
             return reject(session, ctx, "bad_request", status, why, None).await;
         }
+        // Everything from here on judges the canonical view, never the raw head.
+        let routed = View::of(session.req_header()).and_then(|view| {
+            let route = request::route(&ctx.snapshot.router, &view)?;
+            Ok((view, route))
+        });
+        match routed {
+            Ok((view, route)) => (ctx.view, ctx.route) = (view, route),
+            Err(Refusal { status, why }) => {
+                session.set_keepalive(None);
+                return reject(session, ctx, "bad_request", status, why, None).await;
+            }
+        }
         ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         let upgrade = websocket::check(session.req_header());
         ctx.upgrade = upgrade != Upgrade::No;
 
-        let req = session.req_header();
-        let host = request_host(req).map(routing::host_without_port);
-        ctx.route = ctx.snapshot.router.find(host, req.uri.path());
-        let Some(route) = ctx.route() else {
+        let snapshot = Arc::clone(&ctx.snapshot);
+        let Some(route) = ctx.route.map(|i| &snapshot.routes[i]) else {
             return reject(
                 session,
                 ctx,
@@ -187,7 +200,7 @@ impl ProxyHttp for Portico {
             .await;
         };
         if route.redirect_https && !ctx.tls {
-            let location = https_location(host, req);
+            let location = https_location(&ctx.view);
             return reject(
                 session,
                 ctx,
@@ -228,23 +241,8 @@ impl ProxyHttp for Portico {
             )
             .await;
         }
-        if let Some(tokens) = &route.auth {
-            if !tokens.allows(session.req_header().headers.get(header::AUTHORIZATION)) {
-                let challenge = (
-                    header::WWW_AUTHENTICATE,
-                    "Bearer realm=\"portico\"".to_owned(),
-                );
-                return reject(
-                    session,
-                    ctx,
-                    "auth",
-                    401,
-                    "missing or invalid bearer token\n",
-                    Some(challenge),
-                )
-                .await;
-            }
-        }
+        // Limits before auth, as nginx's limit_req runs before its access phase: a client
+        // guessing tokens is limited like any other.
         if let Some(limits) = &route.limits {
             if let Err(wait) = limits.check_rate(ctx.client_ip) {
                 let retry_after = (header::RETRY_AFTER, wait.as_secs().max(1).to_string());
@@ -273,6 +271,23 @@ impl ProxyHttp for Portico {
                         .await
                     }
                 }
+            }
+        }
+        if let Some(tokens) = &route.auth {
+            if !tokens.allows(session.req_header().headers.get(header::AUTHORIZATION)) {
+                let challenge = (
+                    header::WWW_AUTHENTICATE,
+                    "Bearer realm=\"portico\"".to_owned(),
+                );
+                return reject(
+                    session,
+                    ctx,
+                    "auth",
+                    401,
+                    "missing or invalid bearer token\n",
+                    Some(challenge),
+                )
+                .await;
             }
         }
         match upgrade {
@@ -596,21 +611,9 @@ impl Portico {
         let snapshot = Arc::clone(&ctx.snapshot);
         let route = &snapshot.routes[ctx.route.expect("routed")];
         let group = &route.upstream;
-        let peer_ip = peer_ip(session);
-        let forwarded = Forwarded {
-            peer: peer_ip,
-            peer_trusted: snapshot.trusted.contains(peer_ip),
-            client: ctx.client_ip,
-            tls: ctx.tls,
-            host: session.req_header().headers.get(header::HOST),
-        };
-        let strip = route.strip_prefix.then_some(route.path_prefix.as_str());
-        let request = websocket::upstream_request(
-            session.req_header(),
-            &forwarded,
-            &route.request_headers,
-            strip,
-        )?;
+        let request = websocket::upstream_request(session.req_header(), |req| {
+            rewrite_upstream_request(session, req, ctx)
+        })?;
 
         // An upgrade that never reached a peer's answer: counted, and an error for Pingora to
         // answer (`error_status`: 503 no peer, 504 when the peer timed out, else 502).
@@ -817,31 +820,32 @@ async fn stand_in(session: &Session) -> Result<ServerSession> {
     Ok(stand_in)
 }
 
-/// The upstream request's headers: X-Forwarded-*, the route's strip_prefix and header rules.
-/// The same for Pingora's loop and portico's own.
+/// The upstream request: X-Forwarded-*, the target the canonical view stands for (with the
+/// route's strip_prefix; origin-form with the authority as `Host` for an absolute-form one),
+/// the route's header rules. The same for Pingora's loop, portico's own and upgrades.
 fn rewrite_upstream_request(
     session: &Session,
     req: &mut RequestHeader,
     ctx: &RequestCtx,
 ) -> Result<()> {
     let peer = peer_ip(session);
+    let view = &ctx.view;
     let forwarded = Forwarded {
         peer,
         peer_trusted: ctx.snapshot.trusted.contains(peer),
         client: ctx.client_ip,
         tls: ctx.tls,
-        host: session.req_header().headers.get(header::HOST),
+        host: view.authority.as_ref(),
     };
     headers::apply_forwarded(req, &forwarded);
     let route = ctx.route().expect("routed");
-    if route.strip_prefix {
-        let pq = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
-        let stripped = routing::strip_prefix(pq, &route.path_prefix);
-        req.set_uri(
-            stripped
-                .parse()
-                .or_err(InternalError, "path after strip_prefix")?,
-        );
+    let strip = route.strip_prefix.then_some(route.path_prefix.as_str());
+    if let Some(target) = view.target(strip) {
+        req.set_raw_path(target.as_bytes())
+            .or_err(InternalError, "the canonical request target")?;
+    }
+    if let (true, Some(authority)) = (view.absolute_form, &view.authority) {
+        req.insert_header(header::HOST, authority.clone())?;
     }
     route.request_headers.apply(req);
     Ok(())
@@ -986,17 +990,14 @@ fn peer_ip(session: &Session) -> IpAddr {
         .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip())
 }
 
-/// The Host header, or the authority of an absolute-form / HTTP/2 request.
-fn request_host(req: &RequestHeader) -> Option<&str> {
-    req.headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| req.uri.authority().map(|a| a.as_str()))
-}
-
-fn https_location(host: Option<&str>, req: &RequestHeader) -> String {
-    let pq = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
-    format!("https://{}{pq}", host.unwrap_or("localhost"))
+/// `https://` + the canonical host (without its port: the https listener's is the default)
+/// and path; the query as received.
+fn https_location(view: &View) -> String {
+    let host = view.host.as_deref().unwrap_or("localhost");
+    match &view.query {
+        Some(q) => format!("https://{host}{}?{q}", view.path),
+        None => format!("https://{host}{}", view.path),
+    }
 }
 
 /// The ip_hash key: the address's bytes, so a client hashes the same on every instance. On the

@@ -2,8 +2,7 @@
 //! read the peer's answer, then either tunnel (101) or relay the refusal with HTTP semantics
 //! and close, so an origin that answers 200 can never open a raw channel ("smuggling").
 
-use crate::headers::{self, Forwarded, HeaderRules};
-use crate::routing;
+use crate::headers::{tokens, HeaderRules};
 use bytes::{BufMut, Bytes, BytesMut};
 use http::header;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -27,19 +26,9 @@ pub enum Upgrade {
     Invalid { status: u16, why: &'static str },
 }
 
-/// The comma-separated tokens of every `name` header (`Connection: keep-alive, Upgrade`).
-fn tokens(headers: &http::HeaderMap, name: header::HeaderName) -> impl Iterator<Item = &str> {
-    headers
-        .get_all(name)
-        .into_iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-}
-
 /// RFC 6455 section 4.2.1, checked before anything reaches a peer.
 pub fn check(req: &RequestHeader) -> Upgrade {
-    if !tokens(&req.headers, header::UPGRADE).any(|t| t.eq_ignore_ascii_case("websocket")) {
+    if !tokens(&req.headers, header::UPGRADE).any(|t| t.eq_ignore_ascii_case(b"websocket")) {
         return Upgrade::No;
     }
     let invalid = |why| Upgrade::Invalid { status: 400, why };
@@ -49,7 +38,7 @@ pub fn check(req: &RequestHeader) -> Upgrade {
     if req.version != http::Version::HTTP_11 {
         return invalid("a websocket upgrade needs HTTP/1.1\n");
     }
-    if !tokens(&req.headers, header::CONNECTION).any(|t| t.eq_ignore_ascii_case("upgrade")) {
+    if !tokens(&req.headers, header::CONNECTION).any(|t| t.eq_ignore_ascii_case(b"upgrade")) {
         return invalid("Connection must contain upgrade\n");
     }
     // A body on an upgrade request would be tunnelled as if the client had sent frames.
@@ -94,17 +83,16 @@ fn is_websocket_key(k: &[u8]) -> bool {
 }
 
 /// The upgrade request as the peer gets it: hop-by-hop headers removed but for `Upgrade` and
-/// `Connection: Upgrade`, the forwarding headers set, strip_prefix and the route's rules applied.
+/// `Connection: Upgrade`, then `rewrite` (the forwarding headers, the canonical target with
+/// strip_prefix, the route's rules: the proxy's one rewrite for every request).
 pub fn upstream_request(
     original: &RequestHeader,
-    forwarded: &Forwarded,
-    rules: &HeaderRules,
-    strip: Option<&str>,
+    rewrite: impl FnOnce(&mut RequestHeader) -> pingora::Result<()>,
 ) -> pingora::Result<Vec<u8>> {
     let mut req = original.clone();
     let nominated: Vec<String> = tokens(&original.headers, header::CONNECTION)
-        .filter(|t| !t.eq_ignore_ascii_case("upgrade"))
-        .map(str::to_owned)
+        .filter(|t| !t.eq_ignore_ascii_case(b"upgrade"))
+        .map(|t| String::from_utf8_lossy(t).into_owned())
         .collect();
     for name in &nominated {
         req.remove_header(name.as_str());
@@ -120,17 +108,8 @@ pub fn upstream_request(
         req.remove_header(name);
     }
     req.insert_header(header::CONNECTION, "Upgrade")?;
-    headers::apply_forwarded(&mut req, forwarded);
-    let pq = req
-        .uri
-        .path_and_query()
-        .map_or("/", |pq| pq.as_str())
-        .to_owned();
-    let target = match strip {
-        Some(prefix) => routing::strip_prefix(&pq, prefix),
-        None => pq,
-    };
-    rules.apply(&mut req);
+    rewrite(&mut req)?;
+    let target = req.uri.path_and_query().map_or("/", |pq| pq.as_str());
     let mut buf = BytesMut::with_capacity(1024);
     buf.put_slice(format!("GET {target} HTTP/1.1\r\n").as_bytes());
     req.header_to_h1_wire(&mut buf);
@@ -209,7 +188,7 @@ pub async fn exchange(peer: &mut Stream, request: &[u8], timeout: Duration) -> i
 /// plain response and never tunnelled.
 pub fn is_switch(answer: &Answer) -> bool {
     let h = &answer.head.headers;
-    let has = |name, token: &str| tokens(h, name).any(|t| t.eq_ignore_ascii_case(token));
+    let has = |name, token: &str| tokens(h, name).any(|t| t.eq_ignore_ascii_case(token.as_bytes()));
     answer.status == 101 && has(header::UPGRADE, "websocket") && has(header::CONNECTION, "upgrade")
 }
 

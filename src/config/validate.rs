@@ -96,7 +96,8 @@ pub fn header_value(errs: &mut ConfigErrors, path: &str, s: &str) -> Option<Head
     }
 }
 
-/// A route's `path_prefix`: starts with `/`, no query, no whitespace.
+/// A route's `path_prefix`: starts with `/`, no query, no whitespace; canonical (`/%7Eu/` is
+/// `/~u/`), no dot segments.
 pub fn path_prefix(errs: &mut ConfigErrors, path: &str, s: &str) -> Option<String> {
     if !s.starts_with('/')
         || s.contains(['?', '#'])
@@ -108,7 +109,14 @@ pub fn path_prefix(errs: &mut ConfigErrors, path: &str, s: &str) -> Option<Strin
         );
         return None;
     }
-    Some(s.to_owned())
+    // Requests are routed on their canonical path, so the prefix is written the same way.
+    match crate::request::view::canonical_prefix(s) {
+        Ok(p) => Some(p.into_owned()),
+        Err(why) => {
+            errs.push(path, format!("invalid path_prefix {s:?}: {why}"));
+            None
+        }
+    }
 }
 
 /// A route's `host`: a DNS name, or `*.` followed by one. Lower-cased.

@@ -5,6 +5,7 @@ mod harness;
 mod origins;
 
 mod balancing;
+mod canonical;
 mod config_check;
 mod forwarding;
 mod headers;

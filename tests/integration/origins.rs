@@ -19,6 +19,11 @@ use tokio_tungstenite::tungstenite::Message;
 
 const MAX_HEAD: usize = 64 * 1024;
 
+/// What a test origin records for the test to read.
+type Shared<T> = Arc<Mutex<T>>;
+/// A WebSocket origin's last upgrade request: its headers and its target.
+type Recorded = (Shared<Vec<(String, String)>>, Shared<String>);
+
 /// An HTTP/1.1 origin. `GET /healthz` answers the status set by [`HttpOrigin::set_health`];
 /// `/set-cookie` adds two Set-Cookie headers; `/status/NNN` answers NNN; `/slow/MS` answers
 /// after MS milliseconds; anything else 200.
@@ -222,6 +227,8 @@ pub struct WsOrigin {
     pub name: String,
     /// The headers of the last upgrade request received.
     pub last_request: Arc<Mutex<Vec<(String, String)>>>,
+    /// The request target of the last upgrade request received.
+    pub last_path: Arc<Mutex<String>>,
     /// The close frames received from clients, in order.
     pub closes: Arc<Mutex<Vec<(u16, String)>>>,
     task: JoinHandle<()>,
@@ -255,15 +262,15 @@ impl WsOrigin {
         let addr = listener.local_addr().unwrap();
         let last_request = Arc::new(Mutex::new(Vec::new()));
         let closes = Arc::new(Mutex::new(Vec::new()));
+        let last_path = Arc::new(Mutex::new(String::new()));
         let (n, last, cl) = (
             name.to_owned(),
-            Arc::clone(&last_request),
+            (Arc::clone(&last_request), Arc::clone(&last_path)),
             Arc::clone(&closes),
         );
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let (n, last, cl, tls) =
-                    (n.clone(), Arc::clone(&last), Arc::clone(&cl), tls.clone());
+                let (n, last, cl, tls) = (n.clone(), last.clone(), Arc::clone(&cl), tls.clone());
                 tokio::spawn(async move {
                     let _ = match tls {
                         None => serve_ws(stream, &n, &last, &cl).await,
@@ -279,6 +286,7 @@ impl WsOrigin {
             addr,
             name: name.to_owned(),
             last_request,
+            last_path,
             closes,
             task,
         }
@@ -294,10 +302,11 @@ impl Drop for WsOrigin {
 async fn serve_ws<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     stream: S,
     name: &str,
-    last: &Mutex<Vec<(String, String)>>,
+    (last, last_path): &Recorded,
     closes: &Mutex<Vec<(u16, String)>>,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let mut seen = Vec::new();
+    let mut path = String::new();
     let callback = |req: &Request, mut resp: Response| {
         // Like a real server, accept the first subprotocol the client offers.
         if let Some(first) = req
@@ -309,6 +318,7 @@ async fn serve_ws<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
             resp.headers_mut()
                 .insert("sec-websocket-protocol", first.trim().parse().unwrap());
         }
+        path = req.uri().to_string();
         seen = req
             .headers()
             .iter()
@@ -323,6 +333,7 @@ async fn serve_ws<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
     };
     let mut ws = tokio_tungstenite::accept_hdr_async(stream, callback).await?;
     *last.lock().unwrap() = seen.clone();
+    *last_path.lock().unwrap() = path;
     while let Some(msg) = ws.next().await {
         match msg? {
             Message::Text(t) if t.as_str() == "whoami" => ws.send(Message::text(name)).await?,

@@ -1,5 +1,5 @@
 //! Any bytes as a request head, through what portico does with one before a peer sees it:
-//! hostile-framing checks, the WebSocket upgrade check, routing by host and path, the client
+//! hostile-framing checks, the WebSocket upgrade check, the canonical view and routing on it, the client
 //! IP through trusted proxies, X-Forwarded-*, the route's header rules, strip_prefix, and the
 //! upgrade request written for a peer. Never a panic.
 #![no_main]
@@ -9,7 +9,8 @@ use pingora::http::RequestHeader;
 use portico::config::{self, Loaded};
 use portico::headers::{apply_forwarded, Forwarded};
 use portico::snapshot::Snapshot;
-use portico::{checks, routing, websocket};
+use portico::request::{self, View};
+use portico::{checks, websocket};
 use std::net::IpAddr;
 use std::sync::LazyLock;
 
@@ -56,13 +57,10 @@ fuzz_target!(|input: (u8, &[u8])| {
     }
     let upgrade = websocket::check(&req);
     let snapshot = &*SNAPSHOT;
-    let host = req
-        .headers
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(routing::host_without_port);
-    let path = req.uri.path().to_owned();
-    let Some(i) = snapshot.router.find(host, &path) else {
+    let Ok(view) = View::of(&req) else {
+        return;
+    };
+    let Ok(Some(i)) = request::route(&snapshot.router, &view) else {
         return;
     };
     let route = &snapshot.routes[i];
@@ -73,23 +71,27 @@ fuzz_target!(|input: (u8, &[u8])| {
         IpAddr::from([203, 0, 113, peer_byte])
     };
     let client = snapshot.trusted.client_ip(peer, &req.headers);
-    let host_value = req.headers.get(http::header::HOST).cloned();
     let forwarded = Forwarded {
         peer,
         peer_trusted: snapshot.trusted.contains(peer),
         client,
         tls: peer_byte & 4 != 0,
-        host: host_value.as_ref(),
+        host: view.authority.as_ref(),
     };
-    let original = req.clone();
-    apply_forwarded(&mut req, &forwarded);
-    route.request_headers.apply(&mut req);
-    if route.strip_prefix {
-        let pq = req.uri.path_and_query().map_or("/", |p| p.as_str());
-        let _ = routing::strip_prefix(pq, &route.path_prefix);
-    }
+    let strip = route.strip_prefix.then_some(route.path_prefix.as_str());
+    // The proxy's one rewrite (proxy::rewrite_upstream_request), step by step.
+    let rewrite = |req: &mut RequestHeader| {
+        apply_forwarded(req, &forwarded);
+        if let Some(target) = view.target(strip) {
+            req.set_raw_path(target.as_bytes())?;
+        }
+        route.request_headers.apply(req);
+        Ok(())
+    };
     if matches!(upgrade, websocket::Upgrade::WebSocket) {
-        let strip = route.strip_prefix.then_some(route.path_prefix.as_str());
-        let _ = websocket::upstream_request(&original, &forwarded, &route.request_headers, strip);
+        let _ = websocket::upstream_request(&req, rewrite);
+    } else {
+        let mut upstream = req.clone();
+        rewrite(&mut upstream).expect("a canonical target is a valid target");
     }
 });
