@@ -35,6 +35,8 @@ const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Runs portico until it is told to stop; never returns.
 pub fn run(cli: &Cli, snapshot: Snapshot) -> ! {
     let conf = server_conf(&snapshot, cli);
+    let limits = conn::ConnLimits::new(&snapshot.server);
+    raise_open_files_limit(limits.max_connections);
     if cli.upgrade {
         handoff::signal_old_when_ready(&conf.pid_file, &conf.upgrade_sock);
     }
@@ -86,20 +88,9 @@ pub fn run(cli: &Cli, snapshot: Snapshot) -> ! {
         connector: TransportConnector::new(None),
         drain_limit,
     };
-    let server_section = &shared.load().server;
-    let header_timeout = server_section
-        .header_timeout
-        .map_or(conn::DEFAULT_HEADER_TIMEOUT, |d| d.0);
-    let keepalive_timeout = server_section
-        .keepalive_timeout
-        .map_or(conn::DEFAULT_KEEPALIVE_TIMEOUT, |d| d.0);
     let mut proxy = Service::new(
         "proxy".to_owned(),
-        Connections::new(
-            http_proxy(&server.configuration, portico),
-            header_timeout,
-            keepalive_timeout,
-        ),
+        Connections::new(http_proxy(&server.configuration, portico), limits),
     );
     let mut cert_stores = Vec::new();
     for (i, (addr, tls)) in listeners.iter().enumerate() {
@@ -123,6 +114,12 @@ pub fn run(cli: &Cli, snapshot: Snapshot) -> ! {
         }
         proxy.add_listener(endpoint);
     }
+    // The TLS hello under the same deadline as a request head.
+    proxy
+        .endpoints()
+        .set_pre_tls_callback(Arc::new(conn::ClientHelloDeadline {
+            timeout: limits.header_timeout,
+        }));
     server.add_service(proxy);
     let drain = DrainService {
         grace_period: grace_period.saturating_sub(drain_margin(grace_period)),
@@ -218,6 +215,43 @@ fn server_conf(snapshot: &Snapshot, cli: &Cli) -> ServerConf {
         .unwrap_or(1)
         .max(conf.max_retries);
     conf
+}
+
+/// Raises the soft limit on open files to the hard one, as HAProxy and Go's runtime do: from a
+/// shell's usual 1,024 portico would hold about 500 WebSockets, then fail every accept with
+/// EMFILE. Warns when even the hard limit cannot hold `max_connections` (two descriptors per
+/// proxied connection, client and peer).
+fn raise_open_files_limit(max_connections: usize) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource, RLIM_INFINITY};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    // An unlimited hard limit still stops at the kernel's per-process ceiling.
+    let ceiling = match hard {
+        RLIM_INFINITY => std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(1 << 20),
+        h => h,
+    };
+    let mut limit = soft;
+    if soft < ceiling {
+        match setrlimit(Resource::RLIMIT_NOFILE, ceiling, hard) {
+            Ok(()) => limit = ceiling,
+            Err(e) => log::warn!("cannot raise the open files limit from {soft} to {ceiling}: {e}"),
+        }
+    }
+    let needed = (max_connections as u64)
+        .saturating_mul(2)
+        .saturating_add(64);
+    if limit < needed {
+        log::warn!(
+            "the open files limit ({limit}) cannot hold server.max_connections \
+             ({max_connections}): each proxied connection takes two descriptors; raise the \
+             limit (systemd LimitNOFILE=, ulimit -Hn) or lower max_connections to {}",
+            limit.saturating_sub(64) / 2
+        );
+    }
 }
 
 /// Pingora counts these in whole seconds; round up so `500ms` is not zero.

@@ -17,6 +17,7 @@ pub struct Metrics {
     pub upstream_connect_duration: HistogramVec,
     pub upstream_response_duration: HistogramVec,
     pub requests_in_flight: IntGauge,
+    pub connections_open: IntGauge,
     pub websockets_open: IntGaugeVec,
     pub websocket_upgrades: IntCounterVec,
     pub bytes_received: IntCounterVec,
@@ -69,6 +70,13 @@ impl Metrics {
         .expect("valid metric");
         r.register(Box::new(requests_in_flight.clone()))
             .expect("registered once");
+        let connections_open = IntGauge::new(
+            "portico_connections_open",
+            "Client connections open now, all listeners (upgraded ones included)",
+        )
+        .expect("valid metric");
+        r.register(Box::new(connections_open.clone()))
+            .expect("registered once");
         let access_log_dropped = prometheus::IntCounter::new(
             "portico_access_log_dropped_total",
             "Access-log lines dropped because the writer fell behind",
@@ -82,6 +90,7 @@ impl Metrics {
             upstream_connect_duration: histogram(&r, "portico_upstream_connect_duration_seconds", "Time to get a connection to a peer (0 when reused)", &["upstream"]),
             upstream_response_duration: histogram(&r, "portico_upstream_response_duration_seconds", "Time from connection to the peer's response header", &["upstream"]),
             requests_in_flight,
+            connections_open,
             websockets_open: gauge(&r, "portico_websockets_open", "Upgraded connections open now", &["route", "upstream"]),
             websocket_upgrades: counter(&r, "portico_websocket_upgrades_total", "Upgrade requests by outcome: upgraded, refused (peer did not answer 101), rejected (by portico), failed (no peer)", &["route", "outcome"]),
             bytes_received: counter(&r, "portico_downstream_received_bytes_total", "Body bytes received from clients, tunnelled bytes included", &["route"]),

@@ -422,6 +422,14 @@ impl ProxyHttp for Portico {
     /// went away is not the proxy's error: info, as nginx logs it.
     fn suppress_error_log(&self, session: &Session, ctx: &RequestCtx, e: &Error) -> bool {
         let summary = self.request_summary(session, ctx);
+        if e.etype() == &WriteTimedout && e.esource() == &ErrorSource::Downstream {
+            METRICS
+                .rejections
+                .with_label_values(&[ctx.route_name(), "send_timeout"])
+                .inc();
+            log::info!("client read nothing for server.send_timeout: cut, {summary}");
+            return true;
+        }
         match error_status(e) {
             0 => log::info!("client went away: {e}, {summary}"),
             code => log::error!("Fail to proxy: {e}, status: {code}, {summary}"),
@@ -725,6 +733,7 @@ impl Portico {
                     ws_open,
                     ctx.connection_slot.take().map(Box::new),
                     ctx.in_flight.take(),
+                    crate::conn::take_permit(),
                 ),
             };
             ctx.handed_off = true;
@@ -759,7 +768,7 @@ fn error_status(e: &Error) -> u16 {
         (HTTPStatus(code), _) => *code,
         (ConnectTimedout | ReadTimedout, ErrorSource::Upstream) => 504,
         (_, ErrorSource::Upstream) => 502,
-        (WriteError | ReadError | ConnectionClosed, ErrorSource::Downstream) => 0,
+        (WriteError | WriteTimedout | ReadError | ConnectionClosed, ErrorSource::Downstream) => 0,
         (_, ErrorSource::Downstream) => 400,
         _ => 500,
     }
@@ -929,7 +938,8 @@ fn account(e: &Entry) {
 
 pin_project_lite::pin_project! {
     /// An upgraded connection on its own task: the tunnel, what its access-log line needs, and
-    /// the guards that count it (peer in-flight, open WebSockets, per-client slot, in flight).
+    /// the guards that count it (peer in-flight, open WebSockets, per-client slot, in flight,
+    /// the connection's permit).
     /// A future by hand, so the task holds the tunnel once (an `async` block moving it into an
     /// `.await` keeps room for it twice).
     struct TunnelJob {
@@ -950,6 +960,8 @@ pin_project_lite::pin_project! {
             // Boxed: most routes have no max_connections, and 32 bytes less per tunnel.
             Option<Box<ConnectionSlot>>,
             Option<GaugeGuard>,
+            // The client connection's place under server.max_connections.
+            Option<crate::conn::ConnectionPermit>,
         ),
     }
 }

@@ -134,9 +134,13 @@ impl Snapshot {
         if let Some(0) = cfg.server.threads {
             errs.push("server.threads", "must be at least 1");
         }
+        if let Some(0) = cfg.server.max_connections {
+            errs.push("server.max_connections", "must be at least 1");
+        }
         for (key, d) in [
             ("header_timeout", cfg.server.header_timeout),
             ("keepalive_timeout", cfg.server.keepalive_timeout),
+            ("send_timeout", cfg.server.send_timeout),
         ] {
             if let Some(d) = d {
                 validate::nonzero(&mut errs, &format!("server.{key}"), d.0);

@@ -70,6 +70,12 @@ pub struct ServerSection {
     /// Added key: a kept-alive connection must send the next request head within this time of
     /// the previous response, or it is closed. Default 60s.
     pub keepalive_timeout: Option<Duration>,
+    /// A client that reads nothing of a response for this long is cut, and the peer's
+    /// connection behind it freed (nginx's `send_timeout`). Default 60s.
+    pub send_timeout: Option<Duration>,
+    /// Open client connections, all listeners together (WebSockets included); past it a new
+    /// connection is closed at once until others close. Default 65536.
+    pub max_connections: Option<usize>,
     /// Added key: let worker threads steal each other's tasks (tokio's scheduler). Default
     /// false: a connection stays on the thread that accepted it, which costs less per request.
     pub work_stealing: Option<bool>,

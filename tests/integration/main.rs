@@ -15,6 +15,7 @@ mod limits;
 mod observability;
 mod policy;
 mod reload;
+mod resources;
 mod routing;
 mod tls;
 mod upgrades;

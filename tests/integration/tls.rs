@@ -65,6 +65,11 @@ impl TestPki {
     }
 
     pub fn connector(&self) -> TlsConnector {
+        self.connector_alpn(&[])
+    }
+
+    /// The same, offering these ALPN protocols (`b"h2"` for HTTP/2).
+    pub fn connector_alpn(&self, alpn: &[&[u8]]) -> TlsConnector {
         let mut roots = RootCertStore::empty();
         roots.add(self.ca_der.clone()).unwrap();
         let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
@@ -73,6 +78,8 @@ impl TestPki {
             .unwrap()
             .with_root_certificates(roots)
             .with_no_client_auth();
+        let mut config = config;
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         TlsConnector::from(Arc::new(config))
     }
 }
@@ -89,7 +96,7 @@ async fn tls_proxy(pki: &TestPki, upstreams_and_routes: &str) -> Proxy {
 }
 
 /// The address of the second (TLS) listener in the proxy's config.
-fn tls_addr(proxy: &Proxy) -> std::net::SocketAddr {
+pub fn tls_addr(proxy: &Proxy) -> std::net::SocketAddr {
     let conf = std::fs::read_to_string(&proxy.conf).unwrap();
     let line = conf
         .lines()
@@ -99,7 +106,7 @@ fn tls_addr(proxy: &Proxy) -> std::net::SocketAddr {
     line.split('\'').nth(1).unwrap().parse().unwrap()
 }
 
-async fn wait_listening(addr: std::net::SocketAddr) {
+pub async fn wait_listening(addr: std::net::SocketAddr) {
     eventually("the TLS listener accepts", || async {
         tokio::net::TcpStream::connect(addr).await.is_ok()
     })
