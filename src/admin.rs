@@ -36,22 +36,19 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 }
 
 pub struct AdminService {
-    pub listener: std::sync::Mutex<Option<std::net::TcpListener>>,
+    pub listener: std::net::TcpListener,
     pub snapshot: SharedSnapshot,
 }
 
 #[async_trait]
 impl BackgroundService for AdminService {
     async fn start(&self, _shutdown: ShutdownWatch) {
-        let Some(std_listener) = self
+        // A clone of the bound socket each start, so a restart (supervise) serves it again.
+        let listener = match self
             .listener
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        else {
-            return;
-        };
-        let listener = match tokio::net::TcpListener::from_std(std_listener) {
+            .try_clone()
+            .and_then(tokio::net::TcpListener::from_std)
+        {
             Ok(l) => l,
             Err(e) => {
                 error!("admin listener: {e}");
@@ -70,11 +67,19 @@ impl BackgroundService for AdminService {
                         }
                     });
                 }
-                Err(e) => error!("admin accept: {e}"),
+                Err(e) => {
+                    // Out of descriptors (EMFILE) fails every accept at once: wait for some to
+                    // close rather than spin.
+                    error!("admin accept: {e}");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
             }
         }
     }
 }
+
+/// How long the admin listener waits after a failed accept.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(500);
 
 async fn serve(mut stream: TcpStream, snapshot: &SharedSnapshot) -> std::io::Result<()> {
     let mut buf = Vec::with_capacity(1024);

@@ -10,6 +10,7 @@ use crate::handoff::{self, PidFile, SuccessorService};
 use crate::proxy::Portico;
 use crate::reload::ReloadService;
 use crate::snapshot::Snapshot;
+use crate::supervise::Supervised;
 use crate::tls::{self, CertStore};
 use crate::upstream::health::HealthService;
 use arc_swap::ArcSwap;
@@ -128,16 +129,24 @@ pub fn run(cli: &Cli, snapshot: Snapshot) -> ! {
     server.add_service(background_service("drain", drain));
     server.add_service(background_service(
         "health checks",
-        HealthService {
-            snapshot: Arc::clone(&shared),
+        Supervised {
+            name: "health checks (and the pool and limiter sweep)",
+            inner: HealthService {
+                snapshot: Arc::clone(&shared),
+            },
         },
     ));
     if let Some(listener) = admin {
         let service = AdminService {
-            listener: Mutex::new(Some(listener)),
+            listener,
             snapshot: Arc::clone(&shared),
         };
-        server.add_service(background_service("admin", service));
+        let name = "admin listener";
+        let service = Supervised {
+            name,
+            inner: service,
+        };
+        server.add_service(background_service(name, service));
     }
     let (program, args) = handoff::successor_command(&cli.conf, cli.daemon);
     server.add_service(background_service(
@@ -146,10 +155,13 @@ pub fn run(cli: &Cli, snapshot: Snapshot) -> ! {
     ));
     server.add_service(background_service(
         "config reload",
-        ReloadService {
-            path: cli.conf.clone(),
-            snapshot: shared,
-            cert_stores,
+        Supervised {
+            name: "config reload",
+            inner: ReloadService {
+                path: cli.conf.clone(),
+                snapshot: shared,
+                cert_stores,
+            },
         },
     ));
     server.run(RunArgs::default());

@@ -41,6 +41,7 @@ pub mod reload;
 pub mod request;
 pub mod routing;
 pub mod snapshot;
+pub mod supervise;
 pub mod tls;
 pub mod tunnel;
 pub mod upstream;

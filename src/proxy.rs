@@ -19,6 +19,7 @@ use pingora::connectors::TransportConnector;
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::protocols::http::v1::client::HttpSession as HttpSessionV1;
+use pingora::protocols::http::v1::server::HttpSession as HttpSessionV1Server;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::Digest;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -72,6 +73,8 @@ pub struct RequestCtx {
     /// A WebSocket upgrade portico answered itself: the status sent and, after a 101, how
     /// the tunnel went.
     ws_status: Option<u16>,
+    /// Body bytes of a refused upgrade's response, relayed by portico itself.
+    ws_bytes_sent: u64,
     /// Request body bytes seen so far (for `max_body_size`).
     body_bytes: u64,
     /// Counts this upgrade against the route's `max_connections` for its client.
@@ -154,6 +157,7 @@ impl ProxyHttp for Portico {
             connected: None,
             ws_status: None,
             body_bytes: 0,
+            ws_bytes_sent: 0,
             connection_slot: None,
             view: View::default(),
         }
@@ -459,7 +463,10 @@ impl ProxyHttp for Portico {
             metrics: ctx.route().map(|r| &r.metrics),
             version: req.version,
             status,
-            bytes_sent: session.body_bytes_sent(),
+            bytes_sent: match ctx.ws_status {
+                Some(_) => ctx.ws_bytes_sent as usize,
+                None => session.body_bytes_sent(),
+            },
             bytes_received: session.body_bytes_read(),
             duration: ctx.started.elapsed(),
             route: ctx.route_name(),
@@ -676,8 +683,8 @@ impl Portico {
         // it a closed stand-in to finish with.
         let stand_in = stand_in(session).await?;
         let taken = std::mem::replace(&mut *session.downstream_session, stand_in);
-        let mut client = match taken {
-            ServerSession::H1(h1) => h1.into_inner(),
+        let (mut client, pipelined) = match taken {
+            ServerSession::H1(h1) => take_client(h1).await?,
             other => {
                 *session.downstream_session = other;
                 return Error::e_explain(
@@ -686,7 +693,7 @@ impl Portico {
                 );
             }
         };
-        if websocket::is_switch(&answer) {
+        if websocket::is_switch(&answer, session.req_header()) {
             METRICS
                 .websocket_upgrades
                 .with_label_values(&[route.name.as_str(), "upgraded"])
@@ -715,7 +722,7 @@ impl Portico {
                 tunnel: Tunnel::new(
                     client,
                     upstream,
-                    answer.rest,
+                    (answer.rest, pipelined),
                     route.websocket.idle_timeout,
                     self.drain_limit,
                 ),
@@ -748,15 +755,42 @@ impl Portico {
             } else {
                 answer.status
             });
-            let _ = websocket::relay_refusal(
+            // The client's pipelined bytes (if any) go with its connection: never to this peer.
+            let relayed = websocket::relay_refusal(
                 &mut client,
                 &mut upstream,
                 answer,
                 &route.response_headers,
-            )
-            .await;
+                timeout,
+                &mut ctx.ws_bytes_sent,
+            );
+            if let Err(e) = relayed.await {
+                log::debug!("relaying a refused upgrade from {}: {e}", peer.addr);
+            }
         }
         Ok(true)
+    }
+}
+
+/// The client's connection out of its HTTP/1 session, with what the client sent after its
+/// handshake: a first frame in the same write as the upgrade (nginx passes it on after the
+/// 101; nginx-tests "handshake pipelined"). Pingora keeps those bytes as the next request's
+/// prefix, which its `reuse` hands over (with pipelining on, as `conn` sets). A client that
+/// asked to close after this request has its connection taken as is.
+async fn take_client(h1: HttpSessionV1Server) -> Result<(pingora::protocols::Stream, Bytes)> {
+    if !h1.will_keepalive() {
+        return Ok((h1.into_inner(), Bytes::new()));
+    }
+    match h1.reuse().await? {
+        Some(reusable) => {
+            let (stream, prefix) = reusable.into_parts();
+            Ok((
+                stream,
+                prefix.map_or_else(Bytes::new, bytes::BytesMut::freeze),
+            ))
+        }
+        None => Error::e_explain(ConnectionClosed, "the client's connection ended")
+            .map_err(|e| e.into_down()),
     }
 }
 

@@ -158,6 +158,21 @@ struct Direction {
 }
 
 impl Direction {
+    /// A direction with `first` already read and waiting to be written (tracked as frames and
+    /// counted like any read).
+    fn starting_with(first: &[u8]) -> Self {
+        let mut d = Direction::default();
+        if !first.is_empty() {
+            d.frames.feed(first, false);
+            d.bytes = first.len() as u64;
+            // A copy: the caller's bytes are a slice of a handshake's read buffer, which they
+            // would keep alive for as long as the tunnel lives.
+            d.pending = first.to_vec();
+            d.needs_flush = true;
+        }
+        d
+    }
+
     /// Moves bytes from `src` to `dst` until one of them would block. `Ready` when this
     /// direction is finished (source ended and destination shut down).
     fn poll(
@@ -277,27 +292,22 @@ pin_project_lite::pin_project! {
 
 impl Tunnel {
     /// `to_client_first` holds bytes the peer sent right after its 101 head.
+    /// `to_client_first`: what the peer sent after its 101; `to_peer_first`: what the client
+    /// sent after its handshake (frames pipelined behind it), held until the peer said 101.
     pub fn new(
         client: Stream,
         peer: Stream,
-        to_client_first: Bytes,
+        (to_client_first, to_peer_first): (Bytes, Bytes),
         idle: Duration,
         drain_limit: Duration,
     ) -> Tunnel {
-        let mut p2c = Direction::default();
-        if !to_client_first.is_empty() {
-            p2c.frames.feed(&to_client_first, false);
-            p2c.bytes = to_client_first.len() as u64;
-            // A copy: the Bytes is a slice of the handshake's read buffer, which it would keep
-            // alive for as long as the tunnel lives.
-            p2c.pending = to_client_first.to_vec();
-            p2c.needs_flush = true;
-        }
+        let p2c = Direction::starting_with(&to_client_first);
+        let c2p = Direction::starting_with(&to_peer_first);
         let now = Instant::now();
         Tunnel {
             client,
             peer,
-            c2p: Direction::default(),
+            c2p,
             p2c,
             timer: tokio::time::sleep_until((now + idle).into()),
             last_active: now,

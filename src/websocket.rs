@@ -186,21 +186,49 @@ pub async fn exchange(peer: &mut Stream, request: &[u8], timeout: Duration) -> i
 
 /// A 101 that really switches to WebSocket (RFC 6455 4.2.2). Anything else is relayed as a
 /// plain response and never tunnelled.
-pub fn is_switch(answer: &Answer) -> bool {
+/// The peer must prove it read this handshake: `Sec-WebSocket-Accept` is base64(SHA-1(the
+/// client's key + the RFC 6455 GUID)); a 101 without it is not WebSocket (HAProxy's
+/// websocket.vtc answers it 502 too).
+pub fn is_switch(answer: &Answer, request: &RequestHeader) -> bool {
     let h = &answer.head.headers;
     let has = |name, token: &str| tokens(h, name).any(|t| t.eq_ignore_ascii_case(token.as_bytes()));
-    answer.status == 101 && has(header::UPGRADE, "websocket") && has(header::CONNECTION, "upgrade")
+    let accepted = match (
+        request.headers.get(header::SEC_WEBSOCKET_KEY),
+        h.get(header::SEC_WEBSOCKET_ACCEPT),
+    ) {
+        (Some(key), Some(accept)) => {
+            accept.as_bytes().trim_ascii() == accept_key(key.as_bytes().trim_ascii()).as_bytes()
+        }
+        _ => false,
+    };
+    answer.status == 101
+        && has(header::UPGRADE, "websocket")
+        && has(header::CONNECTION, "upgrade")
+        && accepted
+}
+
+/// RFC 6455 4.2.2: the `Sec-WebSocket-Accept` for a `Sec-WebSocket-Key`.
+fn accept_key(key: &[u8]) -> String {
+    use base64::Engine;
+    use sha1::Digest;
+    let mut sha = sha1::Sha1::new();
+    sha.update(key);
+    sha.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    base64::engine::general_purpose::STANDARD.encode(sha.finalize())
 }
 
 /// Relays a refused upgrade to the client as an HTTP response framed exactly as the peer
 /// framed it, with `Connection: close`; bytes after the response's end are never forwarded.
-/// Returns the body bytes relayed.
+/// Each read of the peer waits at most `read_timeout` (then the client's connection is
+/// closed). `relayed` counts the body bytes sent, however it ends.
 pub async fn relay_refusal(
     client: &mut Stream,
     peer: &mut Stream,
     answer: Answer,
     rules: &HeaderRules,
-) -> io::Result<u64> {
+    read_timeout: Duration,
+    relayed: &mut u64,
+) -> io::Result<()> {
     let Answer {
         status,
         mut head,
@@ -254,19 +282,20 @@ pub async fn relay_refusal(
     out.put_slice(b"\r\n");
     client.write_all(&out).await?;
 
-    let mut relayed = 0u64;
     let mut pending = rest;
     let mut buf = vec![0u8; 8192];
     loop {
         if !pending.is_empty() {
             let take = framing.take(&pending);
             client.write_all(&pending[..take]).await?;
-            relayed += take as u64;
+            *relayed += take as u64;
         }
         if framing.done() {
             break;
         }
-        let n = peer.read(&mut buf).await?;
+        let n = tokio::time::timeout(read_timeout, peer.read(&mut buf))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the peer's refusal stalled"))??;
         if n == 0 {
             break;
         }
@@ -274,7 +303,7 @@ pub async fn relay_refusal(
     }
     client.flush().await?;
     client.shutdown().await?;
-    Ok(relayed)
+    Ok(())
 }
 
 /// How a relayed response's body ends.

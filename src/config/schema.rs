@@ -288,6 +288,9 @@ pub struct AuthSection {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Duration(pub std::time::Duration);
 
+/// The longest duration any key takes.
+pub const MAX_DURATION: std::time::Duration = std::time::Duration::from_secs(365 * 24 * 3600);
+
 impl<'de> Deserialize<'de> for Duration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct DurationVisitor;
@@ -297,9 +300,15 @@ impl<'de> Deserialize<'de> for Duration {
                 f.write_str("a duration with a unit, such as 250ms, 5s, 10m, 1h or 7d")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Duration, E> {
-                humantime::parse_duration(v.trim())
-                    .map(Duration)
-                    .map_err(|e| E::custom(format!("invalid duration {v:?}: {e} (write e.g. 5s)")))
+                let d = humantime::parse_duration(v.trim()).map_err(|e| {
+                    E::custom(format!("invalid duration {v:?}: {e} (write e.g. 5s)"))
+                })?;
+                // Every timer and deadline adds a duration to the clock: bounded, no sum of
+                // them can overflow, and no setting a person means is longer.
+                if d > MAX_DURATION {
+                    return Err(E::custom(format!("invalid duration {v:?}: at most 365d")));
+                }
+                Ok(Duration(d))
             }
         }
         d.deserialize_any(DurationVisitor)

@@ -168,6 +168,18 @@ impl BackgroundService for HealthService {
     }
 }
 
+/// One group's check pass in flight; dropping it (done, or a panic) lets the next one start,
+/// so one failed pass cannot stop the group's checks for good.
+struct Pass(Arc<UpstreamGroup>);
+
+impl Drop for Pass {
+    fn drop(&mut self) {
+        if let Some(s) = &self.0.health {
+            s.running.store(false, Ordering::Release);
+        }
+    }
+}
+
 impl HealthService {
     /// Starts the checks that are due and returns how long to sleep until the next one.
     fn tick(&self) -> Duration {
@@ -186,11 +198,9 @@ impl HealthService {
                 *due = now + schedule.interval;
                 let group: Arc<UpstreamGroup> = Arc::clone(group);
                 tokio::spawn(async move {
-                    debug!("health check pass for upstream {}", group.name);
-                    group.run_health_check().await;
-                    if let Some(s) = &group.health {
-                        s.running.store(false, Ordering::Release);
-                    }
+                    let pass = Pass(group);
+                    debug!("health check pass for upstream {}", pass.0.name);
+                    pass.0.run_health_check().await;
                 });
             }
             wait = wait.min(due.saturating_duration_since(now));

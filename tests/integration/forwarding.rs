@@ -5,47 +5,9 @@
 
 use crate::harness::*;
 use crate::origins::HttpOrigin;
-use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-
-/// An origin that runs `script` on each accepted connection; returns its address and the
-/// count of connections accepted.
-async fn scripted<F, Fut>(script: F) -> (SocketAddr, Arc<AtomicUsize>)
-where
-    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let count = Arc::clone(&accepted);
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            count.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(script(stream));
-        }
-    });
-    (addr, accepted)
-}
-
-/// Reads up to the end of a head (`\r\n\r\n`); `None` if the peer closed first. Requests here
-/// have no body and are never pipelined, so nothing after the head is lost.
-async fn read_head(s: &mut TcpStream) -> Option<Vec<u8>> {
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        let mut byte = [0u8; 1];
-        let read = tokio::time::timeout(IO_TIMEOUT, s.read(&mut byte)).await;
-        match read.expect("head timed out") {
-            Ok(1) => head.push(byte[0]),
-            _ => return None,
-        }
-    }
-    Some(head)
-}
+use tokio::net::TcpStream;
 
 /// Reads from the client's connection until `end` has arrived.
 async fn read_until(s: &mut TcpStream, end: &[u8]) -> Vec<u8> {

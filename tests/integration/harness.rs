@@ -2,12 +2,15 @@
 //! waits until it accepts connections, and talks to it with raw HTTP/1.1 and WebSocket clients.
 #![allow(dead_code)]
 
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_portico");
 /// Every network wait in a test is bounded by this, so a bug shows as a failure, not a hang.
@@ -601,4 +604,39 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("timed out waiting for: {what}");
+}
+
+/// An origin that runs `script` on each accepted connection; returns its address and the
+/// count of connections accepted.
+pub async fn scripted<F, Fut>(script: F) -> (SocketAddr, Arc<AtomicUsize>)
+where
+    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(script(stream));
+        }
+    });
+    (addr, accepted)
+}
+
+/// Reads up to the end of a head (`\r\n\r\n`); `None` if the peer closed first. Requests here
+/// have no body and are never pipelined, so nothing after the head is lost.
+pub async fn read_head(s: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(IO_TIMEOUT, s.read(&mut byte)).await;
+        match read.expect("head timed out") {
+            Ok(1) => head.push(byte[0]),
+            _ => return None,
+        }
+    }
+    Some(head)
 }

@@ -297,3 +297,107 @@ async fn a_drained_process_exits_when_its_last_websocket_closes() {
         closed.elapsed()
     );
 }
+
+/// The `Sec-WebSocket-Accept` a peer must answer `KEY` with (RFC 6455 4.2.2).
+const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+
+/// A peer that answers 101 without proving it read the handshake is not speaking WebSocket
+/// (HAProxy's websocket.vtc expects 502): no accept, or a wrong one, is 502 and no tunnel.
+#[tokio::test]
+async fn a_101_without_the_right_accept_is_a_bad_gateway() {
+    for accept in [None, Some("d3JvbmcgYWNjZXB0IGtleQ=="), Some(ACCEPT)] {
+        let (addr, _) = scripted(move |mut s| async move {
+            if read_head(&mut s).await.is_none() {
+                return;
+            }
+            let line = accept.map_or(String::new(), |a| format!("Sec-WebSocket-Accept: {a}\r\n"));
+            let _ = s
+                .write_all(format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n{line}\r\nraw bytes").as_bytes())
+                .await;
+            let mut sink = [0u8; 64];
+            let _ = s.read(&mut sink).await;
+        })
+        .await;
+        let proxy = Proxy::start(&one_route(addr)).await;
+        let mut stream = connect(proxy.addr, None).await;
+        stream
+            .write_all(upgrade_request("/", &[]).as_bytes())
+            .await
+            .unwrap();
+        let mut out = vec![0u8; 4096];
+        let n = tokio::time::timeout(IO_TIMEOUT, stream.read(&mut out))
+            .await
+            .unwrap()
+            .unwrap();
+        let head = String::from_utf8_lossy(&out[..n]).into_owned();
+        match accept {
+            Some(ACCEPT) => assert!(head.starts_with("HTTP/1.1 101"), "{head}"),
+            _ => {
+                assert!(head.starts_with("HTTP/1.1 502"), "{accept:?}: {head}");
+                assert!(!head.contains("raw bytes"), "tunnelled: {head}");
+            }
+        }
+    }
+}
+
+/// A client that sends its first frame in the same write as the handshake (nginx-tests
+/// proxy_websocket.t, "handshake pipelined"): the frame reaches the peer after its 101.
+#[tokio::test]
+async fn a_frame_pipelined_behind_the_handshake_reaches_the_peer() {
+    let origin = WsOrigin::start("echo").await;
+    let proxy = Proxy::start(&one_route(origin.addr)).await;
+    let mut stream = connect(proxy.addr, None).await;
+    // A masked text frame "hi" right behind the request head.
+    let frame = [0x81, 0x82, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2];
+    let mut bytes = upgrade_request("/", &[]).into_bytes();
+    bytes.extend_from_slice(&frame);
+    stream.write_all(&bytes).await.unwrap();
+    let mut got = Vec::new();
+    while !got.ends_with(b"\x81\x02hi") {
+        let mut chunk = [0u8; 1024];
+        let n = tokio::time::timeout(IO_TIMEOUT, stream.read(&mut chunk))
+            .await
+            .expect("the pipelined frame was never echoed")
+            .unwrap();
+        assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&chunk[..n]);
+    }
+    assert!(got.starts_with(b"HTTP/1.1 101"));
+}
+
+/// A peer that refuses an upgrade and then stalls its body held the client and the peer
+/// connection forever: each read is bounded by the group's read_timeout. The access log
+/// counts the body bytes relayed (it said 0).
+#[tokio::test]
+async fn a_stalled_refusal_is_cut_at_the_read_timeout() {
+    let (addr, _) = scripted(|mut s| async move {
+        if read_head(&mut s).await.is_none() {
+            return;
+        }
+        let _ = s
+            .write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 100\r\n\r\n0123456789")
+            .await;
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    })
+    .await;
+    let proxy = Proxy::start(&format!(
+        "upstreams:\n  app: {{peers: ['{addr}'], read_timeout: 1s}}\nroutes:\n  - {{upstream: app}}\n"
+    ))
+    .await;
+    let mut stream = connect(proxy.addr, None).await;
+    stream
+        .write_all(upgrade_request("/", &[]).as_bytes())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(8), stream.read_to_end(&mut out))
+        .await
+        .expect("the refusal was never cut")
+        .ok();
+    assert!(started.elapsed() < Duration::from_secs(8));
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 403"), "{text}");
+    assert!(text.ends_with("0123456789"), "{text}");
+    proxy.wait_for_log("\" 403 10 ").await;
+}
