@@ -295,7 +295,9 @@ impl ProxyHttp for Portico {
             }
         }
         match upgrade {
-            Upgrade::No if is_plain(session) => self.forward(session, ctx).await,
+            Upgrade::No if ctx.snapshot.fast_path && is_plain(session) => {
+                self.forward(session, ctx).await
+            }
             Upgrade::No => Ok(false),
             Upgrade::Invalid { status, why } => {
                 // A client that got the handshake wrong may have sent anything after it.

@@ -30,6 +30,8 @@ pub struct Snapshot {
     pub listeners: Vec<Listener>,
     pub admin: Option<SocketAddr>,
     pub server: ServerSection,
+    /// `server.fast_path` (default true): plain requests take portico's own loop.
+    pub fast_path: bool,
     pub access_log: AccessLogSection,
     /// SHA-256 of the file this snapshot was built from.
     pub sha256: String,
@@ -284,6 +286,7 @@ impl Snapshot {
             listeners,
             admin,
             server: cfg.server.clone(),
+            fast_path: cfg.server.fast_path.unwrap_or(true),
             access_log: cfg.access_log.clone(),
             sha256: loaded.sha256.clone(),
             loaded_at: std::time::SystemTime::now(),

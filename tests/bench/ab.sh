@@ -4,6 +4,9 @@
 #
 #   tests/bench/ab.sh ROUNDS BINARY_A BINARY_B      e.g. 4 /tmp/portico-before target/release/portico
 #
+# An arm may add `server` keys after an `@` (flow style), to compare settings of one binary:
+#   tests/bench/ab.sh 6 'target/release/portico@fast_path: false' target/release/portico
+#
 # Each run: an nginx origin on CPU 1, the binary on CPU 0 (one worker, no access log), wrk on
 # CPU 1 for 1 s of warm-up and 5 s measured; prints the binary's CPU µs per request and req/s.
 set -euo pipefail
@@ -17,8 +20,9 @@ http { access_log off;
   server { listen 127.0.0.1:$origin reuseport; keepalive_requests 1000000;
     location / { return 200 "ok\n"; } } }
 Y
+conf() {
 cat > "$d/p.yaml" <<Y
-server: {threads: 1, pid_file: $d/p.pid, upgrade_sock: $d/p.sock}
+server: {threads: 1, pid_file: $d/p.pid, upgrade_sock: $d/p.sock, $1}
 listeners: [{address: '127.0.0.1:$port'}]
 access_log: {format: off}
 upstreams:
@@ -26,10 +30,13 @@ upstreams:
 routes:
   - {path_prefix: /, upstream: web}
 Y
+}
 taskset -c 1 nginx -c "$d/origin.conf" -p "$d" -g "daemon off;" & ng=$!
 trap 'kill $ng 2>/dev/null; wait $ng 2>/dev/null; rm -rf "$d"' EXIT
 run() {
-  taskset -c 0 "$1" -c "$d/p.yaml" >"$d/log" 2>&1 & pp=$!
+  bin=${1%%@*}; extra=""; [[ $1 == *@* ]] && extra=${1#*@}
+  conf "$extra"
+  taskset -c 0 "$bin" -c "$d/p.yaml" >"$d/log" 2>&1 & pp=$!
   for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.05; done
   taskset -c 1 wrk -t1 -c32 -d1s "http://127.0.0.1:$port/" >/dev/null
   t0=$(awk '{print $14+$15}' /proc/$pp/stat)
