@@ -27,6 +27,8 @@ pub const DEFAULT_CAPACITY: usize = 128;
 
 struct Idle {
     stream: Stream,
+    /// When it was put: the oldest of all makes room in a full pool.
+    since: Instant,
     until: Instant,
 }
 
@@ -75,26 +77,40 @@ impl Pool {
     }
 
     /// Keeps a connection whose exchange ended cleanly, for `idle_timeout`. When the pool is
-    /// full the oldest connection of the same peer makes room, or else this one is closed.
+    /// full the least recently put connection, of any peer, makes room (as in Pingora's LRU
+    /// pool): after a reload moves traffic to new peers, their connections replace the old
+    /// peers' instead of being closed after every request.
     pub fn put(&self, key: u64, mut stream: Stream, idle_timeout: Duration) {
         if !quiet(&mut stream) {
             return;
         }
+        let capacity = self.capacity.load(Ordering::Relaxed);
+        if capacity == 0 {
+            return;
+        }
         let now = Instant::now();
         let mut lists = self.lists.lock().unwrap_or_else(|e| e.into_inner());
-        let list = lists.entry(key).or_default();
-        let expired = list.iter().take_while(|i| i.until <= now).count();
-        list.drain(..expired);
-        self.len.fetch_sub(expired, Ordering::Relaxed);
-        if self.len.load(Ordering::Relaxed) >= self.capacity.load(Ordering::Relaxed) {
-            if list.is_empty() {
-                return;
-            }
-            list.remove(0);
-            self.len.fetch_sub(1, Ordering::Relaxed);
+        if let Some(list) = lists.get_mut(&key) {
+            let expired = list.iter().take_while(|i| i.until <= now).count();
+            list.drain(..expired);
+            self.len.fetch_sub(expired, Ordering::Relaxed);
         }
-        list.push(Idle {
+        if self.len.load(Ordering::Relaxed) >= capacity {
+            // Each list is in the order its connections were put: the oldest is a first one.
+            let oldest = lists
+                .iter()
+                .filter_map(|(k, list)| list.first().map(|i| (i.since, *k)))
+                .min();
+            if let Some((_, k)) = oldest {
+                if let Some(list) = lists.get_mut(&k) {
+                    list.remove(0);
+                    self.len.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+        }
+        lists.entry(key).or_default().push(Idle {
             stream,
+            since: now,
             until: now + idle_timeout,
         });
         self.len.fetch_add(1, Ordering::Relaxed);
@@ -161,20 +177,21 @@ mod tests {
         assert_eq!(pool.len(), 1);
     }
 
+    /// Regression: a pool filled by peer 1 closed every connection to peer 2 after its request
+    /// (five GETs to a new peer opened five connections). The oldest of any peer makes room.
     #[tokio::test]
-    async fn a_full_pool_makes_room_with_the_peers_oldest_or_refuses() {
+    async fn a_full_pool_makes_room_with_the_oldest_connection_of_any_peer() {
         let pool = Pool::new(2);
         let mut peers = Vec::new();
-        for key in [1, 1, 2, 1] {
+        for key in [1, 1, 2, 2, 2] {
             let (s, p) = pair().await;
             peers.push(p);
             pool.put(key, s, MINUTE);
         }
-        // 1, 1 fill it; 2 has no connection of its own to give up and is refused; the third
-        // for 1 replaces the first.
+        // 1, 1 fill it; each connection for 2 replaces the oldest (1's twice, then 2's first).
         assert_eq!(pool.len(), 2);
-        assert!(pool.take(2).is_none());
-        assert!(pool.take(1).is_some() && pool.take(1).is_some());
+        assert!(pool.take(1).is_none());
+        assert!(pool.take(2).is_some() && pool.take(2).is_some());
         assert!(pool.is_empty());
     }
 
