@@ -10,6 +10,7 @@ use crate::metrics::{status_class, METRICS};
 use crate::request::{self, Refusal, View};
 use crate::snapshot::{Route, SharedSnapshot, Snapshot};
 use crate::tunnel::Tunnel;
+use crate::upstream::attempts::Attempts;
 use crate::upstream::{pool, InflightGuard, Peer, UpstreamGroup};
 use crate::websocket::{self, Upgrade};
 use async_trait::async_trait;
@@ -27,7 +28,7 @@ use pingora::upstreams::peer::Peer as _;
 use pingora::ErrorSource;
 use prometheus::IntGauge;
 use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -59,10 +60,8 @@ pub struct RequestCtx {
     client_ip: IpAddr,
     tls: bool,
     upgrade: bool,
-    /// Peers this request already tried (a retry goes elsewhere).
-    tried: Vec<SocketAddr>,
-    /// Counts this request (or tunnel) on its peer until the context drops.
-    inflight: Option<InflightGuard>,
+    /// The peers tried, the current one counted, and every retry decision.
+    attempts: Attempts,
     /// Counts this request as in flight; a tunnel takes it along to its own task.
     in_flight: Option<GaugeGuard>,
     /// A 101 was relayed and the tunnel runs in its own task, which accounts for it at the end.
@@ -148,8 +147,7 @@ impl ProxyHttp for Portico {
             client_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             tls: false,
             upgrade: false,
-            tried: Vec::new(),
-            inflight: None,
+            attempts: Attempts::default(),
             in_flight: Some(GaugeGuard::new(METRICS.requests_in_flight.clone())),
             handed_off: false,
             started: Instant::now(),
@@ -334,10 +332,29 @@ impl ProxyHttp for Portico {
         mut e: Box<Error>,
     ) -> Box<Error> {
         if let Some(route) = ctx.route() {
-            if connect_failed(ctx, &route.upstream) {
+            if ctx.attempts.connect_failed(&route.upstream) {
                 e.set_retry(true);
             }
         }
+        e
+    }
+
+    /// An error after a connection to the peer was made or reused: [`Attempts::reused_failed`]
+    /// decides the retry (the same peer on a new connection, idempotent requests only), as in
+    /// portico's own loop.
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        let idempotent = session.req_header().method.is_idempotent()
+            && !session.as_ref().retry_buffer_truncated();
+        let again = ctx.attempts.reused_failed(&e, client_reused, idempotent);
+        e.set_retry(again);
         e
     }
 
@@ -382,12 +399,17 @@ impl ProxyHttp for Portico {
         rewrite_upstream_request(session, req, ctx)
     }
 
+    /// A 101 to a request that asked for no upgrade is the peer's error (502), never relayed:
+    /// what followed it would reach the client as a raw tunnel.
     async fn upstream_response_filter(
         &self,
         _session: &mut Session,
-        _resp: &mut ResponseHeader,
+        resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
+            return Error::e_explain(HTTPStatus(502), "101 from the peer without an upgrade");
+        }
         ctx.mark_answered();
         Ok(())
     }
@@ -473,7 +495,7 @@ impl ProxyHttp for Portico {
             duration: ctx.started.elapsed(),
             route: ctx.route_name(),
             upstream: ctx.route().map_or("-", |r| r.upstream.name.as_str()),
-            peer: ctx.inflight.as_ref().map(|g| g.peer().addr),
+            peer: ctx.attempts.peer().map(|p| p.addr),
             referer: text(header::REFERER),
             user_agent: text(header::USER_AGENT),
             upgraded: false,
@@ -484,28 +506,36 @@ impl ProxyHttp for Portico {
 }
 
 impl Portico {
+    /// The request head for the peer, through the same hook Pingora's loop calls.
+    async fn upstream_head(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<RequestHeader>> {
+        let mut req = Box::new(session.req_header().clone());
+        req.set_version(http::Version::HTTP_11);
+        req.remove_header(&header::CONNECTION);
+        self.upstream_request_filter(session, &mut req, ctx).await?;
+        Ok(req)
+    }
+
     /// A plain request (`is_plain`), forwarded by one sequential exchange: Pingora's connector
     /// and HTTP/1 client session (the parsing, framing and keep-alive rules are Pingora's),
     /// portico's idle pool (`pool::IDLE`), without Pingora's general proxy loop (two halves
     /// joined by channels, cache and module hooks, retry buffering, a task per idle
-    /// connection), which costs about 15% more CPU per request (README: Performance). Behaves as
-    /// that loop does for these requests: connect failures retried on another peer, a pooled
-    /// connection the peer had closed retried once on a new one, interim 1xx passed on, a
-    /// close-delimited body re-framed as chunked so the client keeps its connection, errors
-    /// answered by Pingora (`error_status` before the response started; a cut connection after).
+    /// connection), which costs about 16% more CPU per request (README: Two forwarding loops).
+    /// It calls the same hooks Pingora's loop calls (`connected_to_upstream`,
+    /// `upstream_request_filter`, `upstream_response_filter`, `response_filter`, for interim
+    /// answers too), asks the same [`Attempts`] about every retry, and times each read and write
+    /// by the peer's timeouts as Pingora does. A close-delimited body is re-framed as chunked so
+    /// the client keeps its connection; errors are answered by Pingora (`error_status` before the
+    /// response started; a cut connection after). tests/integration/forwarding.rs runs every
+    /// case against both loops.
     async fn forward(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let snapshot = Arc::clone(&ctx.snapshot);
         let route = &snapshot.routes[ctx.route.expect("routed")];
         let group = &route.upstream;
-        // Built again in the rare case a pooled connection fails under it, rather than copied
-        // for every request in case it does.
-        let upstream_request = |session: &Session, ctx: &RequestCtx| {
-            let mut req = Box::new(session.req_header().clone());
-            req.set_version(http::Version::HTTP_11);
-            req.remove_header(&header::CONNECTION);
-            rewrite_upstream_request(session, &mut req, ctx).map(|()| req)
-        };
-        let mut req = Some(upstream_request(session, ctx)?);
+        let mut req = Some(self.upstream_head(session, ctx).await?);
 
         let mut peer = next_peer(ctx, group)?;
         let mut fresh = false; // a pooled connection failed: the next one is new
@@ -525,7 +555,7 @@ impl Portico {
             let (stream, reused) = match got {
                 Ok(s) => s,
                 Err(e) => {
-                    if !connect_failed(ctx, group) {
+                    if !ctx.attempts.connect_failed(group) {
                         return Err(e.into_up());
                     }
                     log::warn!(
@@ -537,29 +567,33 @@ impl Portico {
                     continue;
                 }
             };
-            ctx.mark_connected();
+            let fd = stream.id() as std::os::unix::io::RawFd;
+            self.connected_to_upstream(session, reused, &peer.template, fd, None, ctx)
+                .await?;
             let mut upstream = HttpSessionV1::new_with_options(stream, &peer.template);
-            // The head is awaited under `await_peer`'s deadline; the body under Pingora's
-            // per-read timeout (set below).
-            let read_timeout = peer.template.options.read_timeout;
+            // Per read and per write, as Pingora's loop sets them.
+            upstream.read_timeout = peer.template.options.read_timeout;
             upstream.write_timeout = peer.template.options.write_timeout;
             let head = match req.take() {
                 Some(head) => head,
-                None => upstream_request(session, ctx)?,
+                // Built again in the rare case a pooled connection failed under it, rather
+                // than copied for every request in case it does.
+                None => self.upstream_head(session, ctx).await?,
             };
             let sent = async {
                 upstream.write_request_header(head).await?;
                 upstream.read_response().await
             };
-            match await_peer(session, sent, read_timeout).await? {
+            match await_peer(session, sent).await? {
                 Ok(_) => break upstream,
-                Err(mut e) => {
-                    e.retry.decide_reuse(reused);
-                    if reused && e.retry() {
+                Err(e) => {
+                    let idempotent = session.req_header().method.is_idempotent();
+                    if ctx.attempts.reused_failed(&e, reused, idempotent) {
                         log::debug!(
                             "pooled connection to {} was closed, retrying on a new one: {e}",
                             peer.addr
                         );
+                        peer = next_peer(ctx, group)?;
                         fresh = true;
                         continue;
                     }
@@ -568,26 +602,27 @@ impl Portico {
             }
         };
 
-        let upstream_read_timeout = peer.template.options.read_timeout;
         loop {
             let head = upstream.resp_header().expect("a response head was read");
             if !head.status.is_informational() {
                 break;
             }
-            if head.status == http::StatusCode::SWITCHING_PROTOCOLS {
-                return Error::e_explain(HTTPStatus(502), "101 from the peer without an upgrade");
-            }
-            let interim = Box::new(head.clone());
+            // Interim answers (103 Early Hints) through the same response hooks as the final
+            // one, as Pingora's loop does.
+            let mut interim = Box::new(head.clone());
+            self.upstream_response_filter(session, &mut interim, ctx)
+                .await?;
+            self.response_filter(session, &mut interim, ctx).await?;
             session
                 .write_response_header(interim, false)
                 .await
                 .map_err(|e| e.into_down())?;
             let answer = async { upstream.read_response().await.map_err(|e| e.into_up()) };
-            await_peer(session, answer, upstream_read_timeout).await??;
+            await_peer(session, answer).await??;
         }
-        ctx.mark_answered();
-        upstream.read_timeout = upstream_read_timeout;
         let mut resp = Box::new(upstream.resp_header().expect("read").clone());
+        self.upstream_response_filter(session, &mut resp, ctx)
+            .await?;
         let end = upstream.is_body_done();
         let bodiless = session.req_header().method == http::Method::HEAD
             || matches!(resp.status.as_u16(), 204 | 304);
@@ -599,7 +634,7 @@ impl Portico {
             resp.set_version(http::Version::HTTP_11);
             resp.insert_header(header::TRANSFER_ENCODING, "chunked")?;
         }
-        route.response_headers.apply(&mut *resp);
+        self.response_filter(session, &mut resp, ctx).await?;
         session
             .write_response_header(resp, end)
             .await
@@ -652,7 +687,7 @@ impl Portico {
                     ctx.mark_connected();
                     break (peer, stream);
                 }
-                Err(e) if connect_failed(ctx, group) => {
+                Err(e) if ctx.attempts.connect_failed(group) => {
                     log::warn!(
                         "websocket upgrade: connecting to {} failed, retrying elsewhere: {e}",
                         peer.addr
@@ -738,7 +773,7 @@ impl Portico {
                 group: Arc::clone(group),
                 started: ctx.started,
                 _held: (
-                    ctx.inflight.take(),
+                    ctx.attempts.take_guard(),
                     ws_open,
                     ctx.connection_slot.take().map(Box::new),
                     ctx.in_flight.take(),
@@ -810,43 +845,25 @@ fn error_status(e: &Error) -> u16 {
     }
 }
 
-/// Waits for `work` (an exchange with the peer up to its response head) for at most `timeout`
-/// (the upstream's `read_timeout`; then `ReadTimedout`, a 504), unless the client closes its
-/// connection (or, against HTTP/1's order, sends more) first: then `Err` with the client's
-/// error. Either way `work` and the peer's connection are dropped. The client is watched only
-/// after `WATCH_CLIENT_AFTER`, the way Pingora's loop watches it (`read_body_or_idle`), so
-/// a prompt answer costs one timer and no read of the client's socket.
-async fn await_peer<T>(
-    session: &mut Session,
-    work: impl Future<Output = T>,
-    timeout: Option<Duration>,
-) -> Result<T> {
-    let first = timeout.map_or(WATCH_CLIENT_AFTER, |t| t.min(WATCH_CLIENT_AFTER));
-    let stop = async {
-        pingora::time::sleep(first).await;
-        let gone = async {
-            match session.read_body_or_idle(true).await {
-                Err(e) => e.into_down(),
-                // With no body expected it answers only with an error, or never.
-                Ok(_) => std::future::pending().await,
-            }
-        };
-        let late = async {
-            match timeout {
-                Some(t) => pingora::time::sleep(t - first).await,
-                None => std::future::pending().await,
-            }
-            Error::explain(ReadTimedout, "waiting for the peer's response head").into_up()
-        };
-        tokio::select! {
-            e = gone => e,
-            e = late => e,
+/// Waits for `work` (an exchange with the peer up to its response head, each read under the
+/// peer's `read_timeout`), unless the client closes its connection (or, against HTTP/1's
+/// order, sends more) first: then `Err` with the client's error, and `work` and the peer's
+/// connection are dropped. The client is watched only after `WATCH_CLIENT_AFTER`, the way
+/// Pingora's loop watches it (`read_body_or_idle`), so a prompt answer costs one timer and no
+/// read of the client's socket.
+async fn await_peer<T>(session: &mut Session, work: impl Future<Output = T>) -> Result<T> {
+    let gone = async {
+        pingora::time::sleep(WATCH_CLIENT_AFTER).await;
+        match session.read_body_or_idle(true).await {
+            Err(e) => e.into_down(),
+            // With no body expected it answers only with an error, or never.
+            Ok(_) => std::future::pending().await,
         }
     };
     tokio::select! {
         biased;
         done = work => Ok(done),
-        e = stop => Err(e),
+        e = gone => Err(e),
     }
 }
 
@@ -904,39 +921,11 @@ fn is_plain(session: &mut Session) -> bool {
         && session.as_downstream_mut().is_body_empty()
 }
 
-/// Picks the next peer of `group` for this request, one it has not tried, and counts the
-/// request on it. `Err`: 503 when no peer is healthy, 502 when every one was tried.
+/// The next peer of `group` for this request ([`Attempts::next`]), its connect timed from now.
 fn next_peer(ctx: &mut RequestCtx, group: &UpstreamGroup) -> Result<Arc<Peer>> {
-    let key = IpKey::new(ctx.client_ip);
-    let Some(peer) = group.select(key.as_bytes(), &ctx.tried) else {
-        let (code, why) = if ctx.tried.is_empty() {
-            (503, "no healthy peer")
-        } else {
-            (502, "no peer left to retry")
-        };
-        return Error::e_explain(HTTPStatus(code), format!("upstream {}: {why}", group.name));
-    };
-    let peer = Arc::clone(peer);
-    ctx.tried.push(peer.addr);
-    ctx.inflight = Some(peer.track());
+    let peer = ctx.attempts.next(group, ctx.client_ip)?;
     ctx.connect_started = Some(Instant::now());
     Ok(peer)
-}
-
-/// The connect to the peer last picked failed: keep that peer out for `fail_timeout` and say
-/// whether the request may try another (counted as a retry).
-fn connect_failed(ctx: &RequestCtx, group: &UpstreamGroup) -> bool {
-    if let Some(guard) = &ctx.inflight {
-        guard.peer().mark_failed(group.fail_timeout);
-    }
-    let retry = ctx.tried.len() <= group.retries;
-    if retry {
-        METRICS
-            .retries
-            .with_label_values(&[group.name.as_str()])
-            .inc();
-    }
-    retry
 }
 
 /// Counts a finished request (or tunnel) in the metrics and writes its access-log line.
@@ -1045,27 +1034,6 @@ fn https_location(view: &View) -> String {
     match &view.query {
         Some(q) => format!("https://{host}{}?{q}", view.path),
         None => format!("https://{host}{}", view.path),
-    }
-}
-
-/// The ip_hash key: the address's bytes, so a client hashes the same on every instance. On the
-/// stack: it is built for every request.
-struct IpKey([u8; 16], usize);
-
-impl IpKey {
-    fn new(ip: IpAddr) -> Self {
-        let mut bytes = [0u8; 16];
-        match ip {
-            IpAddr::V4(v4) => {
-                bytes[..4].copy_from_slice(&v4.octets());
-                IpKey(bytes, 4)
-            }
-            IpAddr::V6(v6) => IpKey(v6.octets(), 16),
-        }
-    }
-
-    fn as_bytes(&self) -> &[u8] {
-        &self.0[..self.1]
     }
 }
 

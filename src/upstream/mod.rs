@@ -1,6 +1,7 @@
 //! Upstream groups: their peers, how one is picked, their active health checks, and the idle
 //! connections kept to them.
 
+pub mod attempts;
 pub mod balancer;
 pub mod health;
 pub mod peer;

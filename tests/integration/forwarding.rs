@@ -26,6 +26,10 @@ async fn read_until(s: &mut TcpStream, end: &[u8]) -> Vec<u8> {
 
 const KEEP_ALIVE: &[u8] = b"GET / HTTP/1.1\r\nHost: test.local\r\n\r\n";
 
+/// Every test here runs against both forwarding loops: portico's own (plain requests) and
+/// Pingora's (`server.fast_path: false` sends every request through it).
+const LOOPS: [&str; 2] = ["fast_path: true", "fast_path: false"];
+
 /// A peer that closes a kept-alive connection just as a request arrives on it (its idle
 /// timeout fired): the request is sent again on a new connection, and the client never knows.
 #[tokio::test]
@@ -39,16 +43,55 @@ async fn a_pooled_connection_the_peer_dropped_is_retried_on_a_new_one() {
         }
     })
     .await;
-    let proxy = Proxy::start(&one_route(addr)).await;
-    for _ in 0..3 {
-        let r = get(proxy.addr, "/", &[]).await;
-        assert_eq!((r.status, r.text().as_str()), (200, "ok"));
+    for server in LOOPS {
+        let proxy = Proxy::start_with_server(server, &one_route(addr)).await;
+        let before = accepted.load(Ordering::SeqCst);
+        for _ in 0..3 {
+            let r = get(proxy.addr, "/", &[]).await;
+            assert_eq!((r.status, r.text().as_str()), (200, "ok"), "{server}");
+        }
+        // A GET that takes Pingora's loop even with fast_path (Connection names a field):
+        // retried on the same peer too (it was a 502, every peer being "tried").
+        let pingoras = "GET / HTTP/1.1\r\nHost: test.local\r\nConnection: X-Private, close\r\nX-Private: 1\r\n\r\n";
+        let r = send(proxy.addr, None, pingoras).await;
+        assert_eq!((r.status, r.text().as_str()), (200, "ok"), "{server}");
+        assert_eq!(
+            accepted.load(Ordering::SeqCst) - before,
+            4,
+            "{server}: one new connection per retry"
+        );
     }
-    assert_eq!(
-        accepted.load(Ordering::SeqCst),
-        3,
-        "one new connection per retry"
-    );
+}
+
+/// The same dropped pooled connection under a POST: it may have been acted on, so it is not
+/// sent again (RFC 9110 9.2.2; Pingora's and nginx's default), by either loop: 502.
+#[tokio::test]
+async fn a_post_on_a_dropped_pooled_connection_is_not_sent_again() {
+    let (addr, accepted) = scripted(|mut s| async move {
+        if read_head(&mut s).await.is_some() {
+            let ok = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+            ok.await.unwrap();
+            let _ = read_head(&mut s).await;
+        }
+    })
+    .await;
+    for server in LOOPS {
+        let proxy = Proxy::start_with_server(server, &one_route(addr)).await;
+        // Each POST after a GET that leaves a pooled connection in the pool its loop uses: a
+        // plain GET before the body-less POST, a GET that takes Pingora's loop before the other.
+        let plain = "GET / HTTP/1.1\r\nHost: test.local\r\nConnection: close\r\n\r\n";
+        let pingoras = "GET / HTTP/1.1\r\nHost: test.local\r\nConnection: X-Private, close\r\n\r\n";
+        for (prime, post) in [
+            (plain, "POST / HTTP/1.1\r\nHost: test.local\r\nConnection: close\r\n\r\n"),
+            (pingoras, "POST / HTTP/1.1\r\nHost: test.local\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi"),
+        ] {
+            assert_eq!(send(proxy.addr, None, prime).await.status, 200, "{server}");
+            let before = accepted.load(Ordering::SeqCst);
+            let r = send(proxy.addr, None, post).await;
+            assert_eq!(r.status, 502, "{server}: {post:?}");
+            assert_eq!(accepted.load(Ordering::SeqCst), before, "{server}: sent again");
+        }
+    }
 }
 
 /// An HTTP/1.0 origin ends its body by closing: the client gets it chunked and keeps its
@@ -63,15 +106,17 @@ async fn a_close_delimited_body_is_chunked_and_the_client_keeps_its_connection()
         }
     })
     .await;
-    let proxy = Proxy::start(&one_route(addr)).await;
-    let mut client = connect(proxy.addr, None).await;
-    for _ in 0..2 {
-        client.write_all(KEEP_ALIVE).await.unwrap();
-        let raw = read_until(&mut client, b"0\r\n\r\n").await;
-        let r = parse_response(&raw).unwrap();
-        assert_eq!(r.status, 200);
-        assert_eq!(r.header("transfer-encoding"), Some("chunked"));
-        assert_eq!(r.text(), "until the end");
+    for server in LOOPS {
+        let proxy = Proxy::start_with_server(server, &one_route(addr)).await;
+        let mut client = connect(proxy.addr, None).await;
+        for _ in 0..2 {
+            client.write_all(KEEP_ALIVE).await.unwrap();
+            let raw = read_until(&mut client, b"0\r\n\r\n").await;
+            let r = parse_response(&raw).unwrap();
+            assert_eq!(r.status, 200);
+            assert_eq!(r.header("transfer-encoding"), Some("chunked"));
+            assert_eq!(r.text(), "until the end");
+        }
     }
 }
 
@@ -81,19 +126,33 @@ async fn interim_responses_are_passed_on() {
     let (addr, _) = scripted(|mut s| async move {
         if read_head(&mut s).await.is_some() {
             let _ = s
-                .write_all(b"HTTP/1.1 103 Early Hints\r\nLink: </app.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                .write_all(b"HTTP/1.1 103 Early Hints\r\nLink: </app.css>; rel=preload\r\nServer: origin\r\n\r\nHTTP/1.1 200 OK\r\nServer: origin\r\nContent-Length: 2\r\n\r\nok")
                 .await;
         }
     })
     .await;
-    let proxy = Proxy::start(&one_route(addr)).await;
-    let raw = send_raw(proxy.addr, None, request_text("GET", "/", &[]).as_bytes()).await;
-    let text = String::from_utf8_lossy(&raw);
-    assert!(text.starts_with("HTTP/1.1 103"), "{text}");
-    assert!(text.contains("Link: </app.css>; rel=preload"), "{text}");
-    let final_at = text.find("HTTP/1.1 200").expect("the final response");
-    assert!(text.ends_with("ok"), "{text}");
-    assert!(final_at > 0);
+    // The route's response rules apply to the 103 as to the final answer, on both loops (the
+    // own loop wrote interim answers unfiltered).
+    let config = format!(
+        "upstreams:\n  app: {{peers: ['{addr}']}}\nroutes:\n  - {{upstream: app, response_headers: {{set: {{X-Edge: '1'}}, remove: [Server]}}}}\n"
+    );
+    for server in LOOPS {
+        let proxy = Proxy::start_with_server(server, &config).await;
+        let raw = send_raw(proxy.addr, None, request_text("GET", "/", &[]).as_bytes()).await;
+        let text = String::from_utf8_lossy(&raw);
+        assert!(text.starts_with("HTTP/1.1 103"), "{server}: {text}");
+        let final_at = text.find("HTTP/1.1 200").expect("the final response");
+        let (interim, last) = text.split_at(final_at);
+        assert!(interim.contains("Link: </app.css>; rel=preload"), "{text}");
+        for part in [interim, last] {
+            assert!(
+                part.to_ascii_lowercase().contains("x-edge: 1"),
+                "{server}: {part}"
+            );
+            assert!(!part.contains("Server: origin"), "{server}: {part}");
+        }
+        assert!(text.ends_with("ok"), "{text}");
+    }
 }
 
 /// HEAD and 304 answers carry no body whatever their Content-Length says: the client's
@@ -113,18 +172,20 @@ async fn head_and_304_end_at_the_head() {
         }
     })
     .await;
-    let proxy = Proxy::start(&one_route(addr)).await;
-    let mut client = connect(proxy.addr, None).await;
-    for (request, status) in [
-        (&b"HEAD / HTTP/1.1\r\nHost: test.local\r\n\r\n"[..], 200),
-        (KEEP_ALIVE, 304),
-        (&b"HEAD / HTTP/1.1\r\nHost: test.local\r\n\r\n"[..], 200),
-    ] {
-        client.write_all(request).await.unwrap();
-        let raw = read_until(&mut client, b"\r\n\r\n").await;
-        let r = parse_response(&raw).unwrap();
-        assert_eq!(r.status, status);
-        assert!(r.body.is_empty());
+    for server in LOOPS {
+        let proxy = Proxy::start_with_server(server, &one_route(addr)).await;
+        let mut client = connect(proxy.addr, None).await;
+        for (request, status) in [
+            (&b"HEAD / HTTP/1.1\r\nHost: test.local\r\n\r\n"[..], 200),
+            (KEEP_ALIVE, 304),
+            (&b"HEAD / HTTP/1.1\r\nHost: test.local\r\n\r\n"[..], 200),
+        ] {
+            client.write_all(request).await.unwrap();
+            let raw = read_until(&mut client, b"\r\n\r\n").await;
+            let r = parse_response(&raw).unwrap();
+            assert_eq!(r.status, status);
+            assert!(r.body.is_empty());
+        }
     }
 }
 
@@ -143,20 +204,22 @@ async fn a_body_cut_by_the_peer_cuts_the_client() {
         }
     })
     .await;
-    let proxy = Proxy::start(&one_route(addr)).await;
-    let mut client = connect(proxy.addr, None).await;
-    client
-        .write_all(b"GET /cut HTTP/1.1\r\nHost: test.local\r\n\r\n")
-        .await
-        .unwrap();
-    let mut raw = Vec::new();
-    tokio::time::timeout(IO_TIMEOUT, client.read_to_end(&mut raw))
-        .await
-        .expect("the client's connection must be closed, not left hanging")
-        .ok();
-    let r = parse_response(&raw).unwrap();
-    assert_eq!((r.status, r.text().as_str()), (200, "0123456789"));
-    assert_eq!(get(proxy.addr, "/", &[]).await.text(), "ok");
+    for server in LOOPS {
+        let proxy = Proxy::start_with_server(server, &one_route(addr)).await;
+        let mut client = connect(proxy.addr, None).await;
+        client
+            .write_all(b"GET /cut HTTP/1.1\r\nHost: test.local\r\n\r\n")
+            .await
+            .unwrap();
+        let mut raw = Vec::new();
+        tokio::time::timeout(IO_TIMEOUT, client.read_to_end(&mut raw))
+            .await
+            .expect("the client's connection must be closed, not left hanging")
+            .ok();
+        let r = parse_response(&raw).unwrap();
+        assert_eq!((r.status, r.text().as_str()), (200, "0123456789"));
+        assert_eq!(get(proxy.addr, "/", &[]).await.text(), "ok");
+    }
 }
 
 /// A 101 to a request that asked for no upgrade is the peer's error: 502, nothing tunnelled.
@@ -170,10 +233,12 @@ async fn a_101_nobody_asked_for_is_a_502() {
         }
     })
     .await;
-    let proxy = Proxy::start(&one_route(addr)).await;
-    let r = get(proxy.addr, "/", &[]).await;
-    assert_eq!(r.status, 502);
-    assert!(!r.text().contains("raw bytes"));
+    for server in LOOPS {
+        let proxy = Proxy::start_with_server(server, &one_route(addr)).await;
+        let r = get(proxy.addr, "/", &[]).await;
+        assert_eq!(r.status, 502);
+        assert!(!r.text().contains("raw bytes"));
+    }
 }
 
 /// The two loops send the peer the same head: a plain request, and the same request made
@@ -183,39 +248,41 @@ async fn a_101_nobody_asked_for_is_a_502() {
 #[tokio::test]
 async fn both_loops_send_the_same_head() {
     let origin = HttpOrigin::start("a").await;
-    let proxy = Proxy::start(&one_route(origin.addr)).await;
-    let common = [
-        ("Authorization", "Bearer t"),
-        ("Cookie", "a=1; b=2"),
-        ("X-Forwarded-For", "6.6.6.6"),
-        ("Accept", "*/*"),
-    ];
-    let seen = |r: Resp| -> Vec<(String, String)> {
-        let mut h: Vec<(String, String)> = r.json()["headers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|h| {
-                let name = h[0].as_str().unwrap().to_ascii_lowercase();
-                (name, h[1].as_str().unwrap().to_owned())
-            })
-            .collect();
-        h.sort();
-        h
-    };
-    let plain = seen(get(proxy.addr, "/x?y=1", &common).await);
-    let mut raw = String::from("GET /x?y=1 HTTP/1.1\r\nHost: test.local\r\n");
-    for (name, value) in common {
-        raw.push_str(&format!("{name}: {value}\r\n"));
+    for server in LOOPS {
+        let proxy = Proxy::start_with_server(server, &one_route(origin.addr)).await;
+        let common = [
+            ("Authorization", "Bearer t"),
+            ("Cookie", "a=1; b=2"),
+            ("X-Forwarded-For", "6.6.6.6"),
+            ("Accept", "*/*"),
+        ];
+        let seen = |r: Resp| -> Vec<(String, String)> {
+            let mut h: Vec<(String, String)> = r.json()["headers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|h| {
+                    let name = h[0].as_str().unwrap().to_ascii_lowercase();
+                    (name, h[1].as_str().unwrap().to_owned())
+                })
+                .collect();
+            h.sort();
+            h
+        };
+        let plain = seen(get(proxy.addr, "/x?y=1", &common).await);
+        let mut raw = String::from("GET /x?y=1 HTTP/1.1\r\nHost: test.local\r\n");
+        for (name, value) in common {
+            raw.push_str(&format!("{name}: {value}\r\n"));
+        }
+        raw.push_str("Connection: X-Private, close\r\nX-Private: secret\r\n\r\n");
+        let pingora = seen(send(proxy.addr, None, &raw).await);
+        assert_eq!(plain, pingora);
+        for (name, _) in &plain {
+            assert!(!["connection", "x-private", "keep-alive", "te"].contains(&name.as_str()));
+        }
+        assert!(plain.contains(&("x-forwarded-for".into(), "127.0.0.1".into())));
+        assert!(plain.contains(&("authorization".into(), "Bearer t".into())));
     }
-    raw.push_str("Connection: X-Private, close\r\nX-Private: secret\r\n\r\n");
-    let pingora = seen(send(proxy.addr, None, &raw).await);
-    assert_eq!(plain, pingora);
-    for (name, _) in &plain {
-        assert!(!["connection", "x-private", "keep-alive", "te"].contains(&name.as_str()));
-    }
-    assert!(plain.contains(&("x-forwarded-for".into(), "127.0.0.1".into())));
-    assert!(plain.contains(&("authorization".into(), "Bearer t".into())));
 }
 
 /// A client that gives up on a request the peer is slow to answer (a long poll): the peer's
@@ -238,21 +305,24 @@ async fn a_client_that_leaves_a_slow_request_frees_the_peer_connection() {
         }
     })
     .await;
-    let proxy = Proxy::start(&one_route(addr)).await;
-    let mut client = connect(proxy.addr, None).await;
-    client.write_all(KEEP_ALIVE).await.unwrap();
-    type Event = Result<Option<&'static str>, tokio::time::error::Elapsed>;
-    let within = |event: Event, what: &str| event.unwrap_or_else(|_| panic!("no {what} in time"));
-    let event = tokio::time::timeout(IO_TIMEOUT, seen.recv()).await;
-    assert_eq!(within(event, "request"), Some("request"));
-    // After portico has started watching (100 ms), and before: both must end the same way.
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    drop(client);
-    let event = tokio::time::timeout(IO_TIMEOUT, seen.recv()).await;
-    assert_eq!(within(event, "close"), Some("closed"));
-    // Not the proxy's error: logged as the client's doing, at info.
-    proxy.wait_for_log("client went away").await;
-    assert!(!proxy.logs().contains("Fail to"), "{}", proxy.logs());
+    for server in LOOPS {
+        let proxy = Proxy::start_with_server(server, &one_route(addr)).await;
+        let mut client = connect(proxy.addr, None).await;
+        client.write_all(KEEP_ALIVE).await.unwrap();
+        type Event = Result<Option<&'static str>, tokio::time::error::Elapsed>;
+        let within =
+            |event: Event, what: &str| event.unwrap_or_else(|_| panic!("no {what} in time"));
+        let event = tokio::time::timeout(IO_TIMEOUT, seen.recv()).await;
+        assert_eq!(within(event, "request"), Some("request"));
+        // After portico has started watching (100 ms), and before: both must end the same way.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        drop(client);
+        let event = tokio::time::timeout(IO_TIMEOUT, seen.recv()).await;
+        assert_eq!(within(event, "close"), Some("closed"));
+        // Not the proxy's error: logged as the client's doing, at info.
+        proxy.wait_for_log("client went away").await;
+        assert!(!proxy.logs().contains("Fail to"), "{}", proxy.logs());
+    }
 }
 
 /// The other side of that watch: an answer that comes after portico started watching the
@@ -269,18 +339,21 @@ async fn a_slow_answer_still_arrives_and_both_connections_are_kept() {
         }
     })
     .await;
-    let proxy = Proxy::start(&one_route(addr)).await;
-    let mut client = connect(proxy.addr, None).await;
-    for _ in 0..2 {
-        client.write_all(KEEP_ALIVE).await.unwrap();
-        let raw = read_until(&mut client, b"slow").await;
-        assert_eq!(parse_response(&raw).unwrap().status, 200);
+    for server in LOOPS {
+        let proxy = Proxy::start_with_server(server, &one_route(addr)).await;
+        let before = accepted.load(Ordering::SeqCst);
+        let mut client = connect(proxy.addr, None).await;
+        for _ in 0..2 {
+            client.write_all(KEEP_ALIVE).await.unwrap();
+            let raw = read_until(&mut client, b"slow").await;
+            assert_eq!(parse_response(&raw).unwrap().status, 200);
+        }
+        assert_eq!(
+            accepted.load(Ordering::SeqCst) - before,
+            1,
+            "{server}: the peer connection was reused"
+        );
     }
-    assert_eq!(
-        accepted.load(Ordering::SeqCst),
-        1,
-        "the peer connection was reused"
-    );
 }
 
 /// A peer that takes the request and never answers: after the upstream's `read_timeout` the
@@ -300,31 +373,33 @@ async fn a_peer_that_never_answers_is_a_504_after_read_timeout() {
     let config = format!(
         "upstreams:\n  app: {{peers: ['{addr}'], read_timeout: 1s}}\nroutes:\n  - {{upstream: app}}\n"
     );
-    let proxy = Proxy::start(&config).await;
-    let post = "POST / HTTP/1.1\r\nHost: test.local\r\nContent-Length: 2\r\n\r\nhi";
-    let upgrade = "GET /ws HTTP/1.1\r\nHost: test.local\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
-    let cases = [
-        ("own loop", KEEP_ALIVE_CLOSE),
-        ("Pingora's loop", post),
-        ("upgrade", upgrade),
-    ];
-    for (how, raw) in cases {
-        let started = std::time::Instant::now();
-        let r = send(proxy.addr, None, raw).await;
-        assert_eq!(r.status, 504, "{how}");
-        let waited = started.elapsed();
-        assert!(
-            waited >= std::time::Duration::from_millis(900),
-            "{how}: {waited:?}"
-        );
+    for server in LOOPS {
+        let proxy = Proxy::start_with_server(server, &config).await;
+        let post = "POST / HTTP/1.1\r\nHost: test.local\r\nContent-Length: 2\r\n\r\nhi";
+        let upgrade = "GET /ws HTTP/1.1\r\nHost: test.local\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+        let cases = [
+            ("own loop", KEEP_ALIVE_CLOSE),
+            ("Pingora's loop", post),
+            ("upgrade", upgrade),
+        ];
+        for (how, raw) in cases {
+            let started = std::time::Instant::now();
+            let r = send(proxy.addr, None, raw).await;
+            assert_eq!(r.status, 504, "{how}");
+            let waited = started.elapsed();
+            assert!(
+                waited >= std::time::Duration::from_millis(900),
+                "{how}: {waited:?}"
+            );
+        }
+        // Both failures logged alike, as what they are.
+        proxy.wait_for_log("status: 504, GET /").await;
+        proxy.wait_for_log("status: 504, POST /").await;
+        proxy.wait_for_log("status: 504, GET /ws").await;
+        let logs = proxy.logs();
+        assert_eq!(logs.matches("Fail to proxy: ").count(), 3, "{logs}");
+        assert!(!logs.contains("Fail to filter request"), "{logs}");
     }
-    // Both failures logged alike, as what they are.
-    proxy.wait_for_log("status: 504, GET /").await;
-    proxy.wait_for_log("status: 504, POST /").await;
-    proxy.wait_for_log("status: 504, GET /ws").await;
-    let logs = proxy.logs();
-    assert_eq!(logs.matches("Fail to proxy: ").count(), 3, "{logs}");
-    assert!(!logs.contains("Fail to filter request"), "{logs}");
 }
 
 const KEEP_ALIVE_CLOSE: &str = "GET / HTTP/1.1\r\nHost: test.local\r\nConnection: close\r\n\r\n";
@@ -371,23 +446,25 @@ async fn read_responses(s: &mut TcpStream, n: usize) -> Vec<Resp> {
 #[tokio::test]
 async fn pipelined_requests_are_answered_in_order() {
     let origin = HttpOrigin::start("a").await;
-    let proxy = Proxy::start(&one_route(origin.addr)).await;
-    let mut client = connect(proxy.addr, None).await;
-    let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: test.local\r\n\r\n");
-    let post = "POST /post HTTP/1.1\r\nHost: test.local\r\nContent-Length: 2\r\n\r\nhi";
-    let paths = |rs: &[Resp]| -> Vec<String> {
-        let path = |r: &Resp| r.json()["path"].as_str().unwrap().to_owned();
-        rs.iter().map(path).collect()
-    };
-    // A plain GET (portico's loop), a POST (Pingora's), a GET: in one write.
-    let together = format!("{}{post}{}", get("/one"), get("/two"));
-    client.write_all(together.as_bytes()).await.unwrap();
-    let rs = read_responses(&mut client, 3).await;
-    assert_eq!(paths(&rs), ["/one", "/post", "/two"]);
-    // The next request while the slow one is still at the peer, past the 100 ms watch.
-    client.write_all(get("/slow/400").as_bytes()).await.unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    client.write_all(get("/three").as_bytes()).await.unwrap();
-    let rs = read_responses(&mut client, 2).await;
-    assert_eq!(paths(&rs), ["/slow/400", "/three"]);
+    for server in LOOPS {
+        let proxy = Proxy::start_with_server(server, &one_route(origin.addr)).await;
+        let mut client = connect(proxy.addr, None).await;
+        let get = |path: &str| format!("GET {path} HTTP/1.1\r\nHost: test.local\r\n\r\n");
+        let post = "POST /post HTTP/1.1\r\nHost: test.local\r\nContent-Length: 2\r\n\r\nhi";
+        let paths = |rs: &[Resp]| -> Vec<String> {
+            let path = |r: &Resp| r.json()["path"].as_str().unwrap().to_owned();
+            rs.iter().map(path).collect()
+        };
+        // A plain GET (portico's loop), a POST (Pingora's), a GET: in one write.
+        let together = format!("{}{post}{}", get("/one"), get("/two"));
+        client.write_all(together.as_bytes()).await.unwrap();
+        let rs = read_responses(&mut client, 3).await;
+        assert_eq!(paths(&rs), ["/one", "/post", "/two"]);
+        // The next request while the slow one is still at the peer, past the 100 ms watch.
+        client.write_all(get("/slow/400").as_bytes()).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        client.write_all(get("/three").as_bytes()).await.unwrap();
+        let rs = read_responses(&mut client, 2).await;
+        assert_eq!(paths(&rs), ["/slow/400", "/three"]);
+    }
 }
