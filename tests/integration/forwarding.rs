@@ -468,3 +468,47 @@ async fn pipelined_requests_are_answered_in_order() {
         assert_eq!(paths(&rs), ["/slow/400", "/three"]);
     }
 }
+
+/// A peer that never completes the TCP handshake (its accept queue is full, so its SYNs are
+/// dropped): after the group's `connect_timeout` the client gets 504, from either loop.
+#[tokio::test]
+async fn a_peer_that_never_accepts_is_a_504_after_connect_timeout() {
+    // A listener with a backlog of one that never accepts, its queue filled by two clients.
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    socket.listen(0).unwrap();
+    let addr = socket.local_addr().unwrap().as_socket().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..2 {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.set_nonblocking(true).unwrap();
+        let _ = s.connect(&addr.into());
+        fillers.push(s);
+    }
+    // Wait until a further connect really stalls (the queue is full), or give up on the case.
+    let stalled = tokio::time::timeout(
+        std::time::Duration::from_millis(500),
+        TcpStream::connect(addr),
+    )
+    .await
+    .is_err();
+    assert!(stalled, "the peer's accept queue did not fill");
+    let config = format!(
+        "upstreams:\n  app: {{peers: ['{addr}'], connect_timeout: 500ms, retries: 0}}\nroutes:\n  - {{upstream: app}}\n"
+    );
+    for server in LOOPS {
+        let proxy = Proxy::start_with_server(server, &config).await;
+        let started = std::time::Instant::now();
+        let r = get(proxy.addr, "/", &[]).await;
+        assert_eq!(r.status, 504, "{server}");
+        let waited = started.elapsed();
+        assert!(
+            waited >= std::time::Duration::from_millis(450)
+                && waited < std::time::Duration::from_secs(5),
+            "{server}: {waited:?}"
+        );
+    }
+    drop(socket);
+}

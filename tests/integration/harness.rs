@@ -256,7 +256,10 @@ pub fn run_cli(args: &[&str]) -> (i32, String, String) {
 pub struct Resp {
     pub status: u16,
     pub headers: Vec<(String, String)>,
+    /// The body as its framing delimits it (Content-Length, chunked, else up to the close).
     pub body: Vec<u8>,
+    /// Bytes after the body's end: another response, or something smuggled behind it.
+    pub trailing: Vec<u8>,
 }
 
 impl Resp {
@@ -531,33 +534,50 @@ pub fn parse_response(bytes: &[u8]) -> Option<Resp> {
         })
         .collect();
     let rest = &bytes[len..];
-    let chunked = headers
-        .iter()
-        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"));
-    let body = if chunked {
+    let status = resp.code?;
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    };
+    let chunked = header("transfer-encoding").is_some_and(|v| v.contains("chunked"));
+    let length = header("content-length").and_then(|v| v.trim().parse::<usize>().ok());
+    let bodiless = status < 200 || status == 204 || status == 304;
+    let (body, trailing) = if bodiless {
+        // An interim answer: what follows is the next response, kept whole in `trailing`.
+        (Vec::new(), rest.to_vec())
+    } else if chunked {
         dechunk(rest)
+    } else if let Some(n) = length {
+        let n = n.min(rest.len());
+        (rest[..n].to_vec(), rest[n..].to_vec())
     } else {
-        rest.to_vec()
+        (rest.to_vec(), Vec::new())
     };
     Some(Resp {
-        status: resp.code?,
+        status,
         headers,
         body,
+        trailing,
     })
 }
 
-fn dechunk(mut rest: &[u8]) -> Vec<u8> {
+/// A chunked body and the bytes after its last chunk.
+fn dechunk(mut rest: &[u8]) -> (Vec<u8>, Vec<u8>) {
     let mut body = Vec::new();
     while let Some(i) = rest.windows(2).position(|w| w == b"\r\n") {
         let size =
             usize::from_str_radix(std::str::from_utf8(&rest[..i]).unwrap().trim(), 16).unwrap();
         if size == 0 {
-            break;
+            let end = rest[i..].windows(4).position(|w| w == b"\r\n\r\n");
+            let after = end.map_or(rest.len(), |e| i + e + 4);
+            return (body, rest[after..].to_vec());
         }
         body.extend_from_slice(&rest[i + 2..i + 2 + size]);
         rest = &rest[i + 2 + size + 2..];
     }
-    body
+    (body, Vec::new())
 }
 
 pub type Ws = tokio_tungstenite::WebSocketStream<TcpStream>;

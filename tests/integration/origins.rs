@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -43,6 +43,20 @@ impl HttpOrigin {
     }
 
     pub async fn start_on(name: &str, addr: SocketAddr) -> Self {
+        Self::start_with(name, addr, None).await
+    }
+
+    /// An `https://` origin: TLS with `config`, then the same behaviour.
+    pub async fn start_tls(name: &str, config: Arc<tokio_rustls::rustls::ServerConfig>) -> Self {
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        Self::start_with(name, "127.0.0.1:0".parse().unwrap(), Some(acceptor)).await
+    }
+
+    async fn start_with(
+        name: &str,
+        addr: SocketAddr,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Self {
         let listener = TcpListener::bind(addr).await.expect("bind origin");
         let addr = listener.local_addr().unwrap();
         let health = Arc::new(AtomicU16::new(200));
@@ -50,9 +64,15 @@ impl HttpOrigin {
         let (n, h, c) = (name.to_owned(), Arc::clone(&health), Arc::clone(&hits));
         let task = tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
-                let (n, h, c) = (n.clone(), Arc::clone(&h), Arc::clone(&c));
+                let (n, h, c, tls) = (n.clone(), Arc::clone(&h), Arc::clone(&c), tls.clone());
                 tokio::spawn(async move {
-                    let _ = serve_http(stream, &n, &h, &c).await;
+                    let _ = match tls {
+                        None => serve_http(stream, &n, &h, &c).await,
+                        Some(acceptor) => match acceptor.accept(stream).await {
+                            Ok(tls_stream) => serve_http(tls_stream, &n, &h, &c).await,
+                            Err(e) => Err(e),
+                        },
+                    };
                 });
             }
         });
@@ -81,8 +101,8 @@ impl Drop for HttpOrigin {
     }
 }
 
-async fn serve_http(
-    mut stream: TcpStream,
+async fn serve_http<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut stream: S,
     name: &str,
     health: &AtomicU16,
     hits: &AtomicUsize,
@@ -184,7 +204,10 @@ async fn serve_http(
     }
 }
 
-async fn read_chunked(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<usize> {
+async fn read_chunked<S: tokio::io::AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<usize> {
     let mut total = 0;
     loop {
         let line_end = loop {

@@ -99,3 +99,47 @@ async fn a_new_group_is_health_checked_before_it_serves() {
     }
     assert_eq!(bad.hits(), 0, "the down peer of the new group got requests");
 }
+
+/// A reload that leaves a group as it was keeps that group's health state: a peer found down
+/// stays out at once after the reload, instead of starting healthy again and taking requests
+/// until its checks fail anew (its checks run only hourly here).
+#[tokio::test]
+async fn a_reload_keeps_unchanged_groups_health() {
+    let down = HttpOrigin::start("down").await;
+    let up = HttpOrigin::start("up").await;
+    let other = HttpOrigin::start("other").await;
+    down.set_health(503);
+    let group = format!(
+        "  app:\n    peers: ['{}', '{}']\n    retries: 0\n    health_check: {{path: /healthz, interval: 1h, unhealthy_threshold: 1}}\n",
+        down.addr, up.addr
+    );
+    let body = |extra: &str| {
+        format!(
+            "upstreams:\n{group}  side: {{peers: ['{}']{extra}}}\nroutes:\n  - {{path_prefix: /, upstream: app}}\n  - {{path_prefix: /side/, upstream: side}}\n",
+            other.addr
+        )
+    };
+    let proxy = Proxy::start(&body("")).await;
+    // The first check (at start) finds `down` down: every request goes to `up`.
+    eventually("the down peer is out", || async {
+        let mut all_up = true;
+        for _ in 0..4 {
+            all_up &= get(proxy.addr, "/", &[]).await.origin() == "up";
+        }
+        all_up
+    })
+    .await;
+    let hits = down.hits();
+    // Only the other group changes.
+    proxy.rewrite(&body(", retries: 2"));
+    proxy.signal("HUP");
+    proxy.wait_for_log("configuration reloaded").await;
+    for _ in 0..10 {
+        assert_eq!(get(proxy.addr, "/", &[]).await.origin(), "up");
+    }
+    assert_eq!(
+        down.hits(),
+        hits,
+        "the down peer got requests after the reload"
+    );
+}

@@ -259,8 +259,12 @@ async fn certificates_are_chosen_by_sni() {
         handshake(&b, tls_at, "x.y.b.test").await.is_err(),
         "a wildcard covers one label"
     );
-    // An unknown name gets the default (first) certificate: the client decides; no crash.
-    assert!(handshake(&a, tls_at, "unknown.test").await.is_err());
+    // An unknown name gets the default (first) certificate: against a's CA only the name is
+    // wrong; against b's the chain itself fails (it is not b's certificate).
+    let with_a = handshake(&a, tls_at, "unknown.test").await.unwrap_err();
+    assert!(with_a.contains("not valid for name"), "{with_a}");
+    let with_b = handshake(&b, tls_at, "unknown.test").await.unwrap_err();
+    assert!(!with_b.contains("not valid for name"), "{with_b}");
     assert_eq!(handshake(&a, tls_at, "a.test").await, Ok(()));
     drop(proxy);
 }
@@ -352,5 +356,35 @@ async fn tls_to_upstreams_with_and_without_verification() {
                 other.map(|(_, r)| r.status())
             ),
         }
+    }
+}
+
+/// Plain requests to an https:// upstream (a private CA, verified), by both forwarding loops:
+/// a GET and a POST with a body.
+#[tokio::test]
+async fn plain_requests_reach_https_upstreams_by_both_loops() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new(dir.path(), &["backend.test"]);
+    let origin = HttpOrigin::start_tls("https-origin", pki.server_config()).await;
+    let config = format!(
+        "upstreams:\n  app: {{peers: ['{}'], tls: {{sni: backend.test, ca: '{}'}}}}\nroutes:\n  - {{upstream: app}}\n",
+        origin.addr,
+        pki.ca_file.display()
+    );
+    for server in ["fast_path: true", "fast_path: false"] {
+        let proxy = Proxy::start_with_server(server, &config).await;
+        for _ in 0..2 {
+            let r = get(proxy.addr, "/over-tls", &[]).await;
+            assert_eq!(r.status, 200, "{server}");
+            assert_eq!(r.origin(), "https-origin");
+            assert_eq!(r.json()["path"], "/over-tls");
+        }
+        let post = "POST /up HTTP/1.1\r\nHost: test.local\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello";
+        let r = send(proxy.addr, None, post).await;
+        assert_eq!(
+            (r.status, r.json()["body_len"].as_u64()),
+            (200, Some(5)),
+            "{server}"
+        );
     }
 }

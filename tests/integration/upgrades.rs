@@ -124,10 +124,11 @@ async fn a_refused_upgrade_is_never_a_tunnel() {
     assert_eq!(r.header("connection"), Some("close"));
     assert_eq!(r.json()["path"], "/ws");
     let body_len: usize = r.header("content-length").unwrap().parse().unwrap();
-    assert_eq!(
-        r.body.len(),
-        body_len,
-        "nothing follows the response on that connection"
+    assert_eq!(r.body.len(), body_len);
+    assert!(
+        r.trailing.is_empty(),
+        "something follows the response on that connection: {:?}",
+        String::from_utf8_lossy(&r.trailing)
     );
     assert_eq!(origin.hits(), 1, "the smuggled request reached the origin");
 }
@@ -167,17 +168,27 @@ async fn subprotocol_and_extension_offers_reach_the_peer_untouched() {
     );
 }
 
-/// Pingora's downstream read timeout (60 s) would cut this connection; portico's tunnel must not.
+/// Only `websocket.idle_timeout` ends a quiet tunnel: none of the HTTP timers (the peer's
+/// read_timeout, header, keep-alive and send timeouts, all 1 s here) nor Pingora's 60 s
+/// downstream read timeout (the tunnel runs outside Pingora's session) applies. Four seconds
+/// idle is four of every such timer.
 #[tokio::test]
-async fn an_idle_websocket_lives_past_70_seconds() {
+async fn an_idle_websocket_outlives_every_timer_but_its_own() {
     let origin = WsOrigin::start("echo").await;
-    let proxy = Proxy::start(&format!("upstreams:\n  echo: {{peers: ['{}'], read_timeout: 5s}}\nroutes:\n  - {{upstream: echo}}\n", origin.addr)).await;
+    let proxy = Proxy::start_with_server(
+        "header_timeout: 1s, keepalive_timeout: 1s, send_timeout: 1s",
+        &format!(
+            "upstreams:\n  echo: {{peers: ['{}'], read_timeout: 1s, connect_timeout: 1s}}\nroutes:\n  - {{upstream: echo, websocket: {{idle_timeout: 30s}}}}\n",
+            origin.addr
+        ),
+    )
+    .await;
     let (mut ws, _) = ws_connect(proxy.addr, "/", &[]).await.unwrap();
-    tokio::time::sleep(Duration::from_secs(70)).await; // the idle period under test
-    ws.send(Message::text("after 70 s")).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await; // the idle period under test
+    ws.send(Message::text("after 4 s")).await.unwrap();
     assert_eq!(
         ws.next().await.unwrap().unwrap(),
-        Message::text("after 70 s")
+        Message::text("after 4 s")
     );
 }
 
