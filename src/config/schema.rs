@@ -1,4 +1,4 @@
-//! The file format of portico.yaml, exactly as written (see CONTRACT.md); no runtime types here.
+//! The file format of portico.yaml, exactly as written (docs/configuration.md); no runtime types here.
 //!
 //! Every struct denies unknown keys, so a typo is an error rather than a silently ignored
 //! setting. `PartialEq` lets a reload tell an unchanged upstream group from a changed one.

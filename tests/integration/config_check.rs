@@ -85,3 +85,77 @@ fn a_missing_file_is_a_clear_error() {
         "{err}"
     );
 }
+
+/// The keys each section of the file accepts, read from the schema itself: deserializing a map
+/// with an unknown key makes serde list the section's fields.
+fn fields<T: serde::de::DeserializeOwned>() -> Vec<String> {
+    let err = match serde_yaml::from_str::<T>("__probe__: 1") {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("the probe key was accepted"),
+    };
+    let list = err
+        .split("expected one of ")
+        .nth(1)
+        .or_else(|| err.split("expected ").nth(1))
+        .unwrap_or_else(|| panic!("no field list in {err:?}"));
+    list.split(',')
+        .map(|f| f.trim().trim_matches('`').to_owned())
+        .filter(|f| !f.is_empty())
+        .map(|f| f.split('`').next().unwrap().to_owned())
+        .collect()
+}
+
+/// docs/configuration.md names every key the schema accepts, by its YAML path: a key added to
+/// the schema without documentation fails here.
+#[test]
+fn every_key_is_documented() {
+    use portico::config::schema::*;
+    let doc = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/configuration.md"),
+    )
+    .unwrap();
+    let sections: Vec<(&str, Vec<String>)> = vec![
+        ("", fields::<FileConfig>()),
+        ("server.", fields::<ServerSection>()),
+        ("listeners[].", fields::<ListenerSection>()),
+        ("listeners[].tls.", fields::<ListenerTls>()),
+        ("listeners[].tls.certificates[].", fields::<CertificatePair>()),
+        ("admin.", fields::<AdminSection>()),
+        ("access_log.", fields::<AccessLogSection>()),
+        ("upstreams.*.", fields::<UpstreamSection>()),
+        ("upstreams.*.health_check.", fields::<HealthCheckSection>()),
+        ("upstreams.*.tls.", fields::<UpstreamTls>()),
+        ("routes[].", fields::<RouteSection>()),
+        ("routes[].websocket.", fields::<WebSocketSection>()),
+        ("routes[].request_headers.", fields::<HeaderRulesSection>()),
+        ("routes[].response_headers.", fields::<HeaderRulesSection>()),
+        ("routes[].rate_limit.", fields::<RateLimitSection>()),
+        ("routes[].auth.", fields::<AuthSection>()),
+    ];
+    let mut missing = Vec::new();
+    let mut count = 0;
+    for (prefix, keys) in &sections {
+        assert!(!keys.is_empty(), "no keys read for {prefix:?}");
+        for key in keys {
+            count += 1;
+            let path = format!("{prefix}{key}");
+            // Top-level sections are documented as headings; every other key in a table row.
+            let documented = if prefix.is_empty() {
+                doc.contains(&format!("## {key}")) || doc.contains(&format!("`{path}`"))
+            } else {
+                doc.contains(&format!("| `{path}` |"))
+            };
+            if !documented {
+                missing.push(path);
+            }
+        }
+    }
+    // The long form of a peer is parsed by hand (a string or a map): its keys are listed here.
+    for path in ["upstreams.*.peers[].address", "upstreams.*.peers[].weight"] {
+        if !doc.contains(&format!("| `{path}` |")) {
+            missing.push(path.to_owned());
+        }
+    }
+    assert!(missing.is_empty(), "not in docs/configuration.md: {missing:?}");
+    assert!(count > 60, "only {count} keys read from the schema");
+}
