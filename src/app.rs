@@ -54,11 +54,20 @@ pub fn run(cli: &Cli, snapshot: Snapshot) -> ! {
     } else {
         PidFile::write(&pid_file)
     };
-    log::info!(
-        "configuration {} (sha256 {})",
-        cli.conf.display(),
-        snapshot.sha256
-    );
+    if !cli.upgrade {
+        // Pingora panics with a backtrace when a listener cannot be bound (a second `make run`):
+        // find out first, and say so plainly. With -u the sockets come from the old process.
+        for l in &snapshot.listeners {
+            if let Err(e) = std::net::TcpListener::bind(l.addr) {
+                fail(&format!(
+                    "listener {}: {}",
+                    l.addr,
+                    crate::config::os_message(&e)
+                ));
+            }
+        }
+    }
+    log::info!("{}", ready_line(cli, &snapshot));
 
     let write_buffer = snapshot
         .server
@@ -166,6 +175,37 @@ pub fn run(cli: &Cli, snapshot: Snapshot) -> ! {
     ));
     server.run(RunArgs::default());
     std::process::exit(0)
+}
+
+/// The one line that says what this process serves: version, listeners, admin address, what
+/// the configuration holds, and which file (with its SHA-256, as `/status` shows it).
+fn ready_line(cli: &Cli, snapshot: &Snapshot) -> String {
+    let listeners: Vec<String> = snapshot
+        .listeners
+        .iter()
+        .map(|l| {
+            let scheme = if l.tls.is_some() { "https" } else { "http" };
+            format!("{} ({scheme})", l.addr)
+        })
+        .collect();
+    let admin = snapshot
+        .admin
+        .map_or_else(|| "none".to_owned(), |a| a.to_string());
+    let plural =
+        |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+    format!(
+        "portico {} serving on {}; admin {admin}; {}, {}; configuration {} (sha256 {})",
+        env!("CARGO_PKG_VERSION"),
+        listeners.join(", "),
+        plural(snapshot.routes.len(), "route", "routes"),
+        plural(
+            snapshot.upstreams.len(),
+            "upstream group",
+            "upstream groups"
+        ),
+        cli.conf.display(),
+        snapshot.sha256
+    )
 }
 
 /// Open WebSockets get their 1001 close this long before the grace period ends, because

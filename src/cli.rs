@@ -1,14 +1,34 @@
-//! The command line (CONTRACT.md): `-c FILE`, `-t`, `-u`, `-d`, and its mapping to Pingora's `Opt`.
+//! The command line: `-c FILE`, `-t`, `-u`, `-d` (README: Command line), and its mapping to
+//! Pingora's `Opt`.
 
 use clap::Parser;
 use pingora::server::configuration::Opt;
 use std::path::PathBuf;
 
+const AFTER_HELP: &str = "\
+Signals:
+  SIGHUP   reload the configuration in place (an invalid file keeps the running one)
+  SIGQUIT  hand the listening sockets to a new process started with -u, then drain
+  SIGTERM  drain (server.grace_period) and exit
+  SIGINT   exit at once
+  SIGUSR2  start a successor (portico -u) as a child, for systemd (deploy/portico-upgrade)
+
+Environment:
+  RUST_LOG  log level and filters (default info), e.g. RUST_LOG=debug or RUST_LOG=portico=debug
+
+Exit codes:
+  0   ran and stopped, or -t found the configuration ok
+  1   a start-up failure that is not the file's (a busy port, an unwritable log)
+  64  the configuration cannot be read or is invalid (every error is printed with its YAML path)
+
+Documentation: README.md; docs/configuration.md (every key), docs/security.md";
+
 #[derive(Debug, Parser)]
 #[command(
     name = "portico",
     version,
-    about = "A programmable edge proxy on Pingora"
+    about = "A programmable edge proxy on Pingora",
+    after_help = AFTER_HELP
 )]
 pub struct Cli {
     /// The YAML configuration file.

@@ -30,6 +30,15 @@ fn main() {
         }
     }
 
+    // A file that cannot be read is not an invalid configuration: say which, plainly.
+    if let Err(e) = std::fs::File::open(&cli.conf) {
+        eprintln!(
+            "portico: cannot read {}: {}",
+            cli.conf.display(),
+            config::os_message(&e)
+        );
+        exit(EXIT_BAD_CONFIG);
+    }
     let snapshot = config::load(&cli.conf).and_then(|loaded| Snapshot::build(&loaded, None));
     match snapshot {
         Err(errs) => {

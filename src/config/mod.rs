@@ -20,14 +20,27 @@ pub struct Loaded {
 /// [`crate::snapshot::Snapshot::build`], all of them at once.
 pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
     use sha2::Digest;
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigErrors::one("", format!("cannot read {}: {e}", path.display())))?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors::one(
+            "",
+            format!("cannot read {}: {}", path.display(), os_message(&e)),
+        )
+    })?;
     let digest = sha2::Sha256::digest(text.as_bytes());
     let sha256 = digest.iter().map(|b| format!("{b:02x}")).collect();
     Ok(Loaded {
         config: parse(&text)?,
         sha256,
     })
+}
+
+/// An I/O error as a person reads it: `No such file or directory`, without `(os error 2)`.
+pub fn os_message(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    match text.split_once(" (os error") {
+        Some((message, _)) => message.to_owned(),
+        None => text,
+    }
 }
 
 /// Parses YAML text into the file format. An empty document is an empty config.

@@ -80,9 +80,9 @@ fn starting_with_a_bad_file_exits_64_without_listening() {
 fn a_missing_file_is_a_clear_error() {
     let (code, _, err) = run_cli(&["-t", "-c", "/nonexistent/portico.yaml"]);
     assert_eq!(code, 64);
-    assert!(
-        err.contains("cannot read /nonexistent/portico.yaml"),
-        "{err}"
+    assert_eq!(
+        err.trim(),
+        "portico: cannot read /nonexistent/portico.yaml: No such file or directory"
     );
 }
 
@@ -119,7 +119,10 @@ fn every_key_is_documented() {
         ("server.", fields::<ServerSection>()),
         ("listeners[].", fields::<ListenerSection>()),
         ("listeners[].tls.", fields::<ListenerTls>()),
-        ("listeners[].tls.certificates[].", fields::<CertificatePair>()),
+        (
+            "listeners[].tls.certificates[].",
+            fields::<CertificatePair>(),
+        ),
         ("admin.", fields::<AdminSection>()),
         ("access_log.", fields::<AccessLogSection>()),
         ("upstreams.*.", fields::<UpstreamSection>()),
@@ -156,6 +159,51 @@ fn every_key_is_documented() {
             missing.push(path.to_owned());
         }
     }
-    assert!(missing.is_empty(), "not in docs/configuration.md: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "not in docs/configuration.md: {missing:?}"
+    );
     assert!(count > 60, "only {count} keys read from the schema");
+}
+
+/// A second `make run` on a busy port panicked with a backtrace; now it says which listener
+/// and why, and exits 1.
+#[test]
+fn a_busy_port_fails_plainly() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("p.yaml");
+    std::fs::write(
+        &conf,
+        format!(
+            "server: {{pid_file: '{d}/p.pid', upgrade_sock: '{d}/u.sock'}}\nlisteners: [{{address: '{addr}'}}]\nupstreams: {{app: {{peers: ['127.0.0.1:9']}}}}\nroutes: [{{upstream: app}}]\n",
+            d = dir.path().display()
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = run_cli(&["-c", conf.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!("portico: listener {addr}: Address already in use")),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+/// `--help` says what the signals do, where the logs are set and what the exit codes mean.
+#[test]
+fn help_names_signals_exit_codes_and_docs() {
+    let (code, out, _) = run_cli(&["--help"]);
+    assert_eq!(code, 0);
+    for needle in [
+        "SIGHUP",
+        "SIGQUIT",
+        "SIGTERM",
+        "RUST_LOG",
+        "64",
+        "docs/configuration.md",
+    ] {
+        assert!(out.contains(needle), "--help lacks {needle}:\n{out}");
+    }
 }

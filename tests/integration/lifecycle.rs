@@ -401,3 +401,17 @@ async fn a_daemon_with_relative_paths_reloads() {
     })
     .await;
 }
+
+/// At start one line says what this process serves: a person (or `make run`) can act on it.
+#[tokio::test]
+async fn start_up_says_what_it_serves() {
+    let origin = HttpOrigin::start("a").await;
+    let proxy = Proxy::start(&one_route(origin.addr)).await;
+    proxy
+        .wait_for_log(&format!(
+            "serving on {} (http); admin none; 1 route, 1 upstream group; configuration {}",
+            proxy.addr,
+            proxy.conf.display()
+        ))
+        .await;
+}

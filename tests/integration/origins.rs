@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -193,7 +193,11 @@ async fn serve_http<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
         })
         .to_string();
         let response = format!(
-            "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nServer: origin\r\nX-Origin: {name}\r\n{extra}{}\r\n{body}",
+            "HTTP/1.1 {status} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nServer: origin\r\nX-Origin: {name}\r\n{extra}{}\r\n{body}",
+            http::StatusCode::from_u16(status)
+                .ok()
+                .and_then(|s| s.canonical_reason())
+                .unwrap_or("Unknown"),
             body.len(),
             if close { "Connection: close\r\n" } else { "" },
         );
@@ -296,6 +300,7 @@ impl WsOrigin {
                 let (n, last, cl, tls) = (n.clone(), last.clone(), Arc::clone(&cl), tls.clone());
                 tokio::spawn(async move {
                     let _ = match tls {
+                        None if !asks_for_upgrade(&stream).await => answer_426(stream).await,
                         None => serve_ws(stream, &n, &last, &cl).await,
                         Some(acceptor) => match acceptor.accept(stream).await {
                             Ok(tls_stream) => serve_ws(tls_stream, &n, &last, &cl).await,
@@ -320,6 +325,39 @@ impl Drop for WsOrigin {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// Whether the request waiting on `stream` asks for a WebSocket upgrade (its head is peeked,
+/// not read). A browser or curl pointed at the echo origin sends a plain GET.
+async fn asks_for_upgrade(stream: &TcpStream) -> bool {
+    let mut buf = vec![0u8; MAX_HEAD];
+    for _ in 0..100 {
+        let Ok(n) = stream.peek(&mut buf).await else {
+            return false;
+        };
+        let head = &buf[..n];
+        if n == 0 {
+            return false;
+        }
+        if head.windows(4).any(|w| w == b"\r\n\r\n") || n == buf.len() {
+            return String::from_utf8_lossy(head)
+                .to_ascii_lowercase()
+                .contains("upgrade: websocket");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    false
+}
+
+/// The echo origin's answer to a plain request: what it is and how to talk to it.
+async fn answer_426(mut stream: TcpStream) -> Result<(), Box<dyn std::error::Error>> {
+    let body = "this is a WebSocket echo origin: connect with a WebSocket client\n";
+    let response = format!(
+        "HTTP/1.1 426 Upgrade Required\r\nUpgrade: websocket\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(response.as_bytes()).await?;
+    Ok(())
 }
 
 async fn serve_ws<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(

@@ -433,3 +433,15 @@ async fn permessage_deflate_is_negotiated_end_to_end() {
     assert_eq!(ob0, 0xc1);
     assert_eq!(inflate(&opayload), text);
 }
+
+/// `curl localhost:8080/ws/` on the demo: the echo origin answers a plain GET with 426 and a
+/// line saying what it is (it dropped the connection, and the client saw an empty 502).
+#[tokio::test]
+async fn a_plain_get_to_the_echo_origin_is_told_to_upgrade() {
+    let origin = WsOrigin::start("echo").await;
+    let proxy = Proxy::start(&one_route(origin.addr)).await;
+    let r = get(proxy.addr, "/ws/", &[]).await;
+    assert_eq!(r.status, 426);
+    assert!(r.text().contains("WebSocket echo origin"), "{}", r.text());
+    assert!(!proxy.logs().contains("ERROR"), "{}", proxy.logs());
+}
