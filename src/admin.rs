@@ -78,6 +78,12 @@ impl BackgroundService for AdminService {
     }
 }
 
+/// What `/` answers: the endpoints.
+const INDEX: &str = "portico admin\n\
+/metrics  Prometheus text: requests, latencies, upstream health, WebSockets, rejections\n\
+/healthz  200 ok, or 503 while draining (for load balancers)\n\
+/status   JSON: the configuration's checksum, routes and what they match, upstream groups and their peers' health\n";
+
 /// How long the admin listener waits after a failed accept.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(500);
 
@@ -135,6 +141,7 @@ async fn serve(mut stream: TcpStream, snapshot: &SharedSnapshot) -> std::io::Res
         }
         "/healthz" => (200, "text/plain", b"ok\n".to_vec()),
         "/status" => (200, "application/json", status_json(snapshot)),
+        "/" => (200, "text/plain", INDEX.as_bytes().to_vec()),
         _ => (404, "text/plain", b"not found\n".to_vec()),
     };
     respond(&mut stream, status, kind, body, head).await
@@ -186,7 +193,7 @@ fn status_json(snapshot: &SharedSnapshot) -> Vec<u8> {
         upstreams.insert(
             name.clone(),
             serde_json::json!({
-                "balance": format!("{:?}", g.balance),
+                "balance": g.balance.as_str(),
                 "health_check": g.health.is_some(),
                 "peers": peers,
             }),
@@ -198,7 +205,12 @@ fn status_json(snapshot: &SharedSnapshot) -> Vec<u8> {
             "loaded_at": humantime::format_rfc3339_seconds(s.loaded_at).to_string(),
         },
         "draining": DRAINING.load(Ordering::SeqCst),
-        "routes": s.routes.iter().map(|r| serde_json::json!({"name": r.name, "upstream": r.upstream.name})).collect::<Vec<_>>(),
+        "routes": s.routes.iter().map(|r| serde_json::json!({
+            "name": r.name,
+            "host": r.host.as_deref().unwrap_or("*"),
+            "path_prefix": r.path_prefix,
+            "upstream": r.upstream.name,
+        })).collect::<Vec<_>>(),
         "upstreams": upstreams,
     }))
     .unwrap_or_default()

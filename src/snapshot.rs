@@ -59,6 +59,8 @@ impl PartialEq for Listener {
 
 pub struct Route {
     pub name: String,
+    /// The host it matches (lower-case, `*.` for a wildcard); `None`: any host.
+    pub host: Option<String>,
     pub path_prefix: String,
     pub upstream: Arc<UpstreamGroup>,
     pub websocket: WebSocketPolicy,
@@ -266,6 +268,7 @@ impl Snapshot {
                 key: Arc::from(name.as_str()),
                 limits: r.rate_limit.as_ref().map(Limits::new),
                 name,
+                host,
                 path_prefix: prefix,
                 upstream,
                 websocket,

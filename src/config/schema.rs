@@ -125,6 +125,18 @@ pub enum Balance {
     LeastConn,
 }
 
+impl Balance {
+    /// The name as the file spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Balance::RoundRobin => "round_robin",
+            Balance::IpHash => "ip_hash",
+            Balance::Random => "random",
+            Balance::LeastConn => "least_conn",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamSection {
@@ -303,19 +315,49 @@ impl<'de> Deserialize<'de> for Duration {
                 f.write_str("a duration with a unit, such as 250ms, 5s, 10m, 1h or 7d")
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Duration, E> {
-                let d = humantime::parse_duration(v.trim()).map_err(|e| {
-                    E::custom(format!("invalid duration {v:?}: {e} (write e.g. 5s)"))
-                })?;
-                // Every timer and deadline adds a duration to the clock: bounded, no sum of
-                // them can overflow, and no setting a person means is longer.
-                if d > MAX_DURATION {
-                    return Err(E::custom(format!("invalid duration {v:?}: at most 365d")));
-                }
-                Ok(Duration(d))
+                parse_duration(v)
+                    .map(Duration)
+                    .map_err(|why| E::custom(format!("invalid duration {v:?}: {why}")))
             }
         }
         d.deserialize_any(DurationVisitor)
     }
+}
+
+/// The documented form and nothing else: numbers each followed by a unit, `ms`, `s`, `m`, `h`
+/// or `d`, with no spaces (`250ms`, `5s`, `1h30m`); at most 365 days, since every timer and
+/// deadline adds a duration to the clock (no sum of them can overflow, and no setting a person
+/// means is longer).
+pub fn parse_duration(v: &str) -> Result<std::time::Duration, &'static str> {
+    const FORM: &str = "write a number and a unit: 250ms, 5s, 10m, 1h or 7d (or combined: 1h30m)";
+    const TOO_LONG: &str = "at most 365d";
+    let mut rest = v.trim();
+    if rest.is_empty() {
+        return Err(FORM);
+    }
+    let mut millis: u128 = 0;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return Err(FORM);
+        }
+        let n: u128 = rest[..digits].parse().map_err(|_| TOO_LONG)?;
+        rest = &rest[digits..];
+        let (unit, len) = match rest.as_bytes() {
+            [b'm', b's', ..] => (1, 2),
+            [b's', ..] => (1_000, 1),
+            [b'm', ..] => (60_000, 1),
+            [b'h', ..] => (3_600_000, 1),
+            [b'd', ..] => (86_400_000, 1),
+            _ => return Err(FORM),
+        };
+        rest = &rest[len..];
+        millis = millis.saturating_add(n.saturating_mul(unit));
+    }
+    if millis > MAX_DURATION.as_millis() {
+        return Err(TOO_LONG);
+    }
+    Ok(std::time::Duration::from_millis(millis as u64))
 }
 
 /// A size in bytes, written as a number or with a binary unit: `512k`, `10m`, `1g`.
@@ -358,5 +400,42 @@ impl<'de> Deserialize<'de> for Size {
             }
         }
         d.deserialize_any(SizeVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_are_read_in_the_documented_form_only() {
+        let ms = |v| parse_duration(v).map(|d| d.as_millis());
+        assert_eq!(ms("250ms"), Ok(250));
+        assert_eq!(ms("5s"), Ok(5_000));
+        assert_eq!(ms("10m"), Ok(600_000));
+        assert_eq!(ms("1h30m"), Ok(5_400_000));
+        assert_eq!(ms(" 7d "), Ok(604_800_000));
+        assert_eq!(ms("365d"), Ok(MAX_DURATION.as_millis()));
+        for bad in [
+            "2 secs",
+            "5 seconds",
+            "1hour",
+            "2 minutes",
+            "5",
+            "s",
+            "1.5s",
+            "-1s",
+            "",
+            "5S",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+        for long in [
+            "366d",
+            "500000000000d",
+            "99999999999999999999999999999999999999999h",
+        ] {
+            assert_eq!(parse_duration(long), Err("at most 365d"), "{long}");
+        }
     }
 }

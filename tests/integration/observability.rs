@@ -251,6 +251,18 @@ async fn status_shows_config_and_peer_health() {
         http.addr.to_string()
     );
     assert_eq!(s["upstreams"]["app"]["peers"][0]["healthy"], true);
+    // Balances as the file spells them, and what each route matches.
+    assert_eq!(s["upstreams"]["app"]["balance"], "round_robin");
+    assert_eq!(
+        s["routes"][1],
+        serde_json::json!({"name": "ws", "host": "*", "path_prefix": "/ws/", "upstream": "echo"})
+    );
+    // The admin listener's `/` lists its endpoints.
+    let index = get(admin, "/", &[]).await;
+    assert_eq!(index.status, 200);
+    for endpoint in ["/metrics", "/healthz", "/status"] {
+        assert!(index.text().contains(endpoint), "{}", index.text());
+    }
     http.set_health(500);
     eventually("/status shows the peer down", || async {
         status().await["upstreams"]["app"]["peers"][0]["healthy"] == false
