@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# User-space instructions per request of portico binaries (or settings), counted by valgrind's
+# callgrind: unlike CPU time on a shared 2-core machine (5-15% run to run), the count repeats
+# within ~0.1%, so small differences show. The kernel's part (the same syscalls for every arm)
+# is not counted. Loopback only, bounded in time (3 s warm-up, 8 s measured per arm).
+#
+#   tests/bench/instructions.sh ARM...       an arm is BINARY or 'BINARY@server keys'
+#   e.g. tests/bench/instructions.sh 'target/release/portico@fast_path: false' target/release/portico
+#
+# Each arm: an nginx origin, the binary under callgrind (one worker, no access log), wrk with 8
+# connections; counters zeroed after the warm-up and dumped after the measured run.
+set -euo pipefail
+d=$(mktemp -d)
+port=18181; origin=3111
+cat > "$d/origin.conf" <<Y
+worker_processes 1; pid $d/origin.pid; error_log $d/origin-error.log;
+events { worker_connections 4096; }
+http { access_log off;
+  server { listen 127.0.0.1:$origin reuseport; keepalive_requests 1000000;
+    location / { return 200 "ok\n"; } } }
+Y
+nginx -c "$d/origin.conf" -p "$d" -g "daemon off;" & ng=$!
+trap 'kill $ng 2>/dev/null; wait $ng 2>/dev/null; rm -rf "$d"' EXIT
+for arm in "$@"; do
+  bin=${arm%%@*}; extra=""; [[ $arm == *@* ]] && extra=${arm#*@}
+  cat > "$d/p.yaml" <<Y
+server: {threads: 1, pid_file: $d/p.pid, upgrade_sock: $d/p.sock, $extra}
+listeners: [{address: '127.0.0.1:$port'}]
+access_log: {format: off}
+upstreams:
+  web: {peers: ['127.0.0.1:$origin']}
+routes:
+  - {path_prefix: /, upstream: web}
+Y
+  valgrind --tool=callgrind --callgrind-out-file="$d/cg.%p.out" "$bin" -c "$d/p.yaml" >"$d/log" 2>&1 & vp=$!
+  for _ in $(seq 200); do (echo >/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
+  wrk -t1 -c8 -d3s "http://127.0.0.1:$port/" >/dev/null
+  callgrind_control --zero $vp >/dev/null
+  n=$(wrk -t1 -c8 -d8s "http://127.0.0.1:$port/" | awk '/requests in/{print $1}')
+  callgrind_control --dump=measured $vp >/dev/null
+  kill -INT $vp; wait $vp 2>/dev/null || true
+  f=$(ls -t "$d"/cg.$vp.out.* | head -1)
+  ir=$(awk '/^(summary|totals):/{print $2; exit}' "$f")
+  python3 -c "print('$arm', $n, 'requests,', round($ir/$n), 'instructions per request')"
+  rm -f "$d"/cg.*
+done
