@@ -8,20 +8,29 @@
 //! - [`app`]: the Pingora server: listeners ([`tls`]: certificates by SNI), the proxy
 //!   service, background services;
 //!   [`handoff`]: `-u` finds the old process and signals it once ready for its sockets, SIGUSR2
-//!   starts a successor; [`conn`]: each request head must arrive in time (slowloris).
+//!   starts a successor; [`conn`]: per connection, the TLS hello and each request head in
+//!   time (slowloris), responses written under `send_timeout`, the `max_connections` cap.
 //! - [`proxy`]: the `ProxyHttp` hooks. A request loads the snapshot once (`new_ctx`), then:
-//!   1. `request_filter`: hostile framing and paths refused ([`checks`]), client IP through trusted proxies ([`headers`]), route by host and
-//!      path ([`routing`]), answer 404 / 301 / 403 / 401 / 429 itself ([`auth`], [`limits`]); a valid WebSocket
-//!      upgrade is taken over here ([`websocket`]): handshake with a peer, then [`tunnel`];
-//!   2. `upstream_peer`: pick a healthy, untried peer of the route's group ([`upstream`]);
-//!      `fail_to_connect` retries another peer;
-//!   3. `upstream_request_filter`: X-Forwarded-*, strip_prefix, the route's header rules;
-//!   4. `response_filter`: the route's response header rules;
+//!   1. `request_filter`: the client IP through trusted proxies ([`headers`]), then
+//!      [`request::admit`], every decision that needs no peer: hostile framing ([`checks`]),
+//!      the canonical view of host and path ([`request::view`]) and its route ([`routing`]),
+//!      the route's redirect, body limit, WebSocket gate, rate limit ([`limits`]) and auth
+//!      ([`auth`]), answered by portico itself; a plain request is then forwarded by portico's
+//!      own loop (`Portico::forward`), a valid WebSocket upgrade taken over ([`websocket`]:
+//!      handshake with a peer, then [`tunnel`]), anything else left to Pingora's loop;
+//!   2. `upstream_peer`: the next peer ([`upstream::attempts`]: tried peers, in-flight guard,
+//!      every retry decision, for both loops and upgrades); `fail_to_connect` and
+//!      `error_while_proxy` ask it whether to retry;
+//!   3. `upstream_request_filter`: [`request::rewrite`], the one rewrite for every path
+//!      (X-Forwarded-*, the canonical target, strip_prefix, the route's header rules);
+//!   4. `upstream_response_filter` (a 101 nobody asked for is a 502), `response_filter` (the
+//!      route's response rules, interim answers too);
 //!   5. `logging`: one access-log line (for an upgrade, when the tunnel closes).
 //! - [`upstream::health`]: one background service running every group's active checks.
 //! - [`admin`]: `/metrics` ([`metrics`]), `/healthz`, `/status`; [`accesslog`]: the access log
 //!   on a writer thread of its own; [`drain`]: 1001 closes at the end of the grace period,
-//!   exit as soon as nothing is open.
+//!   exit as soon as nothing is open; [`supervise`]: background services restart after a
+//!   panic.
 
 pub mod accesslog;
 pub mod admin;

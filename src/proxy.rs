@@ -3,11 +3,11 @@
 //! the access log.
 
 use crate::accesslog::{self, Entry};
-use crate::checks;
 use crate::headers::{self, Forwarded};
-use crate::limits::{self, ConnectionSlot};
+use crate::limits::ConnectionSlot;
 use crate::metrics::{status_class, METRICS};
-use crate::request::{self, Refusal, View};
+use crate::request::admit::{admit, Answer, Client};
+use crate::request::{self, View};
 use crate::snapshot::{Route, SharedSnapshot, Snapshot};
 use crate::tunnel::Tunnel;
 use crate::upstream::attempts::Attempts;
@@ -168,143 +168,25 @@ impl ProxyHttp for Portico {
             .snapshot
             .trusted
             .client_ip(peer_ip, &session.req_header().headers);
-        if let Err((status, why)) = checks::check(session.req_header()) {
-            // The rest of what this client sent cannot be trusted to be framed as it says.
-            session.set_keepalive(None);
-            return reject(session, ctx, "bad_request", status, why, None).await;
-        }
-        // Everything from here on judges the canonical view, never the raw head.
-        let routed = View::of(session.req_header()).and_then(|view| {
-            let route = request::route(&ctx.snapshot.router, &view)?;
-            Ok((view, route))
-        });
-        match routed {
-            Ok((view, route)) => (ctx.view, ctx.route) = (view, route),
-            Err(Refusal { status, why }) => {
-                session.set_keepalive(None);
-                return reject(session, ctx, "bad_request", status, why, None).await;
-            }
-        }
         ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        let upgrade = websocket::check(session.req_header());
-        ctx.upgrade = upgrade != Upgrade::No;
-
-        let snapshot = Arc::clone(&ctx.snapshot);
-        let Some(route) = ctx.route.map(|i| &snapshot.routes[i]) else {
-            return reject(
-                session,
-                ctx,
-                "no_route",
-                404,
-                "no route for this request\n",
-                None,
-            )
-            .await;
+        let client = Client {
+            ip: ctx.client_ip,
+            tls: ctx.tls,
         };
-        if route.redirect_https && !ctx.tls {
-            let location = https_location(&ctx.view);
-            return reject(
-                session,
-                ctx,
-                "redirect_https",
-                301,
-                "moved to https\n",
-                Some((header::LOCATION, location)),
-            )
-            .await;
-        }
-        if let Some(max) = route.max_body_size {
-            let declared = session
-                .req_header()
-                .headers
-                .get(header::CONTENT_LENGTH)
-                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-            if declared.is_some_and(|n| n > max) {
+        let admission = admit(session.req_header(), &ctx.snapshot, client);
+        (ctx.view, ctx.route) = (admission.view, admission.route);
+        ctx.upgrade = admission.upgrade != Upgrade::No;
+        ctx.connection_slot = admission.slot;
+        if let Some(answer) = admission.answer {
+            if answer.close {
                 session.set_keepalive(None);
-                return reject(
-                    session,
-                    ctx,
-                    "body_too_large",
-                    413,
-                    "request body too large\n",
-                    None,
-                )
-                .await;
             }
+            return reject(session, ctx, &answer).await;
         }
-        if ctx.upgrade && !route.websocket.enabled {
-            return reject(
-                session,
-                ctx,
-                "websocket_disabled",
-                403,
-                "websocket upgrades are not allowed here\n",
-                None,
-            )
-            .await;
-        }
-        // Limits before auth, as nginx's limit_req runs before its access phase: a client
-        // guessing tokens is limited like any other.
-        if let Some(limits) = &route.limits {
-            if let Err(wait) = limits.check_rate(ctx.client_ip) {
-                let retry_after = (header::RETRY_AFTER, wait.as_secs().max(1).to_string());
-                return reject(
-                    session,
-                    ctx,
-                    "rate_limit",
-                    429,
-                    "too many requests\n",
-                    Some(retry_after),
-                )
-                .await;
-            }
-            if let (Upgrade::WebSocket, Some(max)) = (&upgrade, limits.max_connections) {
-                match limits::acquire_connection(&route.key, ctx.client_ip, max) {
-                    Some(slot) => ctx.connection_slot = Some(slot),
-                    None => {
-                        return reject(
-                            session,
-                            ctx,
-                            "max_connections",
-                            429,
-                            "too many open connections\n",
-                            None,
-                        )
-                        .await
-                    }
-                }
-            }
-        }
-        if let Some(tokens) = &route.auth {
-            if !tokens.allows(session.req_header().headers.get(header::AUTHORIZATION)) {
-                let challenge = (
-                    header::WWW_AUTHENTICATE,
-                    "Bearer realm=\"portico\"".to_owned(),
-                );
-                return reject(
-                    session,
-                    ctx,
-                    "auth",
-                    401,
-                    "missing or invalid bearer token\n",
-                    Some(challenge),
-                )
-                .await;
-            }
-        }
-        match upgrade {
-            Upgrade::No if ctx.snapshot.fast_path && is_plain(session) => {
-                self.forward(session, ctx).await
-            }
-            Upgrade::No => Ok(false),
-            Upgrade::Invalid { status, why } => {
-                // A client that got the handshake wrong may have sent anything after it.
-                session.set_keepalive(None);
-                let version =
-                    (status == 426).then(|| (header::SEC_WEBSOCKET_VERSION, "13".to_owned()));
-                reject(session, ctx, "bad_upgrade", status, why, version).await
-            }
+        match admission.upgrade {
             Upgrade::WebSocket => self.websocket(session, ctx).await,
+            _ if ctx.snapshot.fast_path && is_plain(session) => self.forward(session, ctx).await,
+            _ => Ok(false),
         }
     }
 
@@ -891,26 +773,14 @@ fn rewrite_upstream_request(
     ctx: &RequestCtx,
 ) -> Result<()> {
     let peer = peer_ip(session);
-    let view = &ctx.view;
     let forwarded = Forwarded {
         peer,
         peer_trusted: ctx.snapshot.trusted.contains(peer),
         client: ctx.client_ip,
         tls: ctx.tls,
-        host: view.authority.as_ref(),
+        host: ctx.view.authority.as_ref(),
     };
-    headers::apply_forwarded(req, &forwarded);
-    let route = ctx.route().expect("routed");
-    let strip = route.strip_prefix.then_some(route.path_prefix.as_str());
-    if let Some(target) = view.target(strip) {
-        req.set_raw_path(target.as_bytes())
-            .or_err(InternalError, "the canonical request target")?;
-    }
-    if let (true, Some(authority)) = (view.absolute_form, &view.authority) {
-        req.insert_header(header::HOST, authority.clone())?;
-    }
-    route.request_headers.apply(req);
-    Ok(())
+    request::rewrite(req, &ctx.view, ctx.route().expect("routed"), &forwarded)
 }
 
 /// A request portico forwards with its own loop (`Portico::forward`): HTTP/1 from the client,
@@ -1027,43 +897,29 @@ fn peer_ip(session: &Session) -> IpAddr {
         .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip())
 }
 
-/// `https://` + the canonical host (without its port: the https listener's is the default)
-/// and path; the query as received.
-fn https_location(view: &View) -> String {
-    let host = view.host.as_deref().unwrap_or("localhost");
-    match &view.query {
-        Some(q) => format!("https://{host}{}?{q}", view.path),
-        None => format!("https://{host}{}", view.path),
-    }
-}
-
-/// Answers the request ourselves with a short text body and counts why; `Ok(true)` tells
-/// Pingora the response is sent.
-async fn reject(
-    session: &mut Session,
-    ctx: &RequestCtx,
-    reason: &'static str,
-    status: u16,
-    body: &'static str,
-    extra: Option<(header::HeaderName, String)>,
-) -> Result<bool> {
+/// Answers the request ourselves (an admission `Answer`: a short text body, maybe a header)
+/// and counts why; `Ok(true)` tells Pingora the response is sent.
+async fn reject(session: &mut Session, ctx: &RequestCtx, answer: &Answer) -> Result<bool> {
     let route = ctx.route_name();
-    METRICS.rejections.with_label_values(&[route, reason]).inc();
+    METRICS
+        .rejections
+        .with_label_values(&[route, answer.reason])
+        .inc();
     if ctx.upgrade {
         METRICS
             .websocket_upgrades
             .with_label_values(&[route, "rejected"])
             .inc();
     }
-    let mut resp = ResponseHeader::build(status, Some(4))?;
+    let mut resp = ResponseHeader::build(answer.status, Some(4))?;
     resp.insert_header(header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
-    resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
-    if let Some((name, value)) = extra {
-        resp.insert_header(name, value)?;
+    resp.insert_header(header::CONTENT_LENGTH, answer.body.len().to_string())?;
+    if let Some((name, value)) = &answer.header {
+        resp.insert_header(name.clone(), value.as_str())?;
     }
     session.write_response_header(Box::new(resp), false).await?;
     session
-        .write_response_body(Some(Bytes::from_static(body.as_bytes())), true)
+        .write_response_body(Some(Bytes::from_static(answer.body.as_bytes())), true)
         .await?;
     Ok(true)
 }

@@ -15,7 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const MAX_HEAD: usize = 64 * 1024;
 
 /// What a request's `Upgrade` says.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Upgrade {
     /// No upgrade, or an upgrade to something other than WebSocket: plain HTTP (Pingora does
     /// not forward other upgrades), with every route rule applied as to any request.

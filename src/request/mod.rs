@@ -1,9 +1,15 @@
 //! The request as portico judges it: one canonical view of its host and path ([`view`]),
-//! computed once before routing, which routing and every policy read.
+//! computed once before routing, which routing and every policy read; admission ([`admit`]):
+//! every decision that needs no peer.
 
+pub mod admit;
 pub mod view;
 
+use crate::headers::{self, Forwarded};
 use crate::routing::Router;
+use crate::snapshot::Route;
+use pingora::http::RequestHeader;
+use pingora::{ErrorType::InternalError, OrErr};
 pub use view::{Refusal, View};
 
 /// The route for `view`: `Ok(None)` when none matches. 400 when an origin that reads `%2F` or
@@ -21,4 +27,27 @@ pub fn route(router: &Router, view: &View) -> Result<Option<usize>, Refusal> {
         }
     }
     Ok(found)
+}
+
+/// The request a peer gets, from the client's: X-Forwarded-*, the target the canonical view
+/// stands for (with the route's strip_prefix; origin-form with the authority as `Host` for an
+/// absolute-form one), then the route's header rules. The one rewrite for Pingora's loop,
+/// portico's own and WebSocket upgrades (and the `request` fuzz target).
+pub fn rewrite(
+    req: &mut RequestHeader,
+    view: &View,
+    route: &Route,
+    forwarded: &Forwarded,
+) -> pingora::Result<()> {
+    headers::apply_forwarded(req, forwarded);
+    let strip = route.strip_prefix.then_some(route.path_prefix.as_str());
+    if let Some(target) = view.target(strip) {
+        req.set_raw_path(target.as_bytes())
+            .or_err(InternalError, "the canonical request target")?;
+    }
+    if let (true, Some(authority)) = (view.absolute_form, &view.authority) {
+        req.insert_header(http::header::HOST, authority.clone())?;
+    }
+    route.request_headers.apply(req);
+    Ok(())
 }

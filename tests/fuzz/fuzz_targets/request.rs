@@ -1,16 +1,19 @@
 //! Any bytes as a request head, through what portico does with one before a peer sees it:
-//! hostile-framing checks, the WebSocket upgrade check, the canonical view and routing on it, the client
-//! IP through trusted proxies, X-Forwarded-*, the route's header rules, strip_prefix, and the
-//! upgrade request written for a peer. Never a panic.
+//! the client IP through trusted proxies, admission (hostile-framing checks, the canonical view
+//! and routing on it, the route's policies, the WebSocket upgrade check: `request::admit`, as
+//! the proxy calls it), then the one rewrite for the peer (`request::rewrite`: X-Forwarded-*,
+//! the canonical target, strip_prefix, the route's header rules) and the upgrade request
+//! written for a peer. Never a panic.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use pingora::http::RequestHeader;
 use portico::config::{self, Loaded};
-use portico::headers::{apply_forwarded, Forwarded};
+use portico::headers::Forwarded;
 use portico::snapshot::Snapshot;
-use portico::request::{self, View};
-use portico::{checks, websocket};
+use portico::request::admit::{admit, Client};
+use portico::request;
+use portico::websocket;
 use std::net::IpAddr;
 use std::sync::LazyLock;
 
@@ -52,42 +55,32 @@ fuzz_target!(|input: (u8, &[u8])| {
             return;
         }
     }
-    if checks::check(&req).is_err() {
-        return;
-    }
-    let upgrade = websocket::check(&req);
     let snapshot = &*SNAPSHOT;
-    let Ok(view) = View::of(&req) else {
-        return;
-    };
-    let Ok(Some(i)) = request::route(&snapshot.router, &view) else {
-        return;
-    };
-    let route = &snapshot.routes[i];
     let peer = IpAddr::from([127, 0, 0, peer_byte]);
     let peer = if peer_byte % 2 == 0 {
         peer
     } else {
         IpAddr::from([203, 0, 113, peer_byte])
     };
-    let client = snapshot.trusted.client_ip(peer, &req.headers);
+    let client = Client {
+        ip: snapshot.trusted.client_ip(peer, &req.headers),
+        tls: peer_byte & 4 != 0,
+    };
+    // What the proxy decides before any peer (proxy::request_filter calls the same).
+    let admission = admit(&req, snapshot, client);
+    if admission.answer.is_some() {
+        return;
+    }
+    let (view, upgrade) = (admission.view, admission.upgrade);
+    let route = &snapshot.routes[admission.route.expect("an admitted request has a route")];
     let forwarded = Forwarded {
         peer,
         peer_trusted: snapshot.trusted.contains(peer),
-        client,
-        tls: peer_byte & 4 != 0,
+        client: client.ip,
+        tls: client.tls,
         host: view.authority.as_ref(),
     };
-    let strip = route.strip_prefix.then_some(route.path_prefix.as_str());
-    // The proxy's one rewrite (proxy::rewrite_upstream_request), step by step.
-    let rewrite = |req: &mut RequestHeader| {
-        apply_forwarded(req, &forwarded);
-        if let Some(target) = view.target(strip) {
-            req.set_raw_path(target.as_bytes())?;
-        }
-        route.request_headers.apply(req);
-        Ok(())
-    };
+    let rewrite = |req: &mut RequestHeader| request::rewrite(req, &view, route, &forwarded);
     if matches!(upgrade, websocket::Upgrade::WebSocket) {
         let _ = websocket::upstream_request(&req, rewrite);
     } else {
