@@ -13,13 +13,8 @@ set -euo pipefail
 rounds=$1; a=$2; b=$3
 d=$(mktemp -d)
 port=18080; origin=3101
-cat > "$d/origin.conf" <<Y
-worker_processes 1; pid $d/origin.pid; error_log $d/origin-error.log;
-events { worker_connections 4096; }
-http { access_log off;
-  server { listen 127.0.0.1:$origin reuseport; keepalive_requests 1000000;
-    location / { return 200 "ok\n"; } } }
-Y
+. "$(dirname "$0")/origin.sh"
+start_origin "$d" $origin
 conf() {
 cat > "$d/p.yaml" <<Y
 server: {threads: 1, pid_file: $d/p.pid, upgrade_sock: $d/p.sock, $1}
@@ -31,8 +26,6 @@ routes:
   - {path_prefix: /, upstream: web}
 Y
 }
-taskset -c 1 nginx -c "$d/origin.conf" -p "$d" -g "daemon off;" & ng=$!
-trap 'kill $ng 2>/dev/null; wait $ng 2>/dev/null; rm -rf "$d"' EXIT
 run() {
   bin=${1%%@*}; extra=""; [[ $1 == *@* ]] && extra=${1#*@}
   conf "$extra"

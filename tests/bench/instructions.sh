@@ -12,15 +12,8 @@
 set -euo pipefail
 d=$(mktemp -d)
 port=18181; origin=3111
-cat > "$d/origin.conf" <<Y
-worker_processes 1; pid $d/origin.pid; error_log $d/origin-error.log;
-events { worker_connections 4096; }
-http { access_log off;
-  server { listen 127.0.0.1:$origin reuseport; keepalive_requests 1000000;
-    location / { return 200 "ok\n"; } } }
-Y
-nginx -c "$d/origin.conf" -p "$d" -g "daemon off;" & ng=$!
-trap 'kill $ng 2>/dev/null; wait $ng 2>/dev/null; rm -rf "$d"' EXIT
+. "$(dirname "$0")/origin.sh"
+start_origin "$d" $origin
 for arm in "$@"; do
   bin=${arm%%@*}; extra=""; [[ $arm == *@* ]] && extra=${arm#*@}
   cat > "$d/p.yaml" <<Y

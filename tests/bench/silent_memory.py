@@ -6,14 +6,9 @@ bounded in count and time. The proxy's header_timeout must outlast the run.
 
 usage: silent_memory.py PROXY_PID PROXY_PORT [N] [--partial]
 """
-import os, resource, socket, sys, time
+import resource, socket, sys, time
 
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
+from ws_memory import rss_kib
 
 def established(port):
     """Server-side sockets of the proxy's port in ESTABLISHED state (from /proc/net/tcp)."""

@@ -30,19 +30,21 @@ const KEEP_ALIVE: &[u8] = b"GET / HTTP/1.1\r\nHost: test.local\r\n\r\n";
 /// Pingora's (`server.fast_path: false` sends every request through it).
 const LOOPS: [&str; 2] = ["fast_path: true", "fast_path: false"];
 
+/// A peer that answers the first request on a connection and drops the next one unanswered
+/// (its idle timeout fired just as it arrived).
+async fn answers_once(mut s: TcpStream) {
+    if read_head(&mut s).await.is_some() {
+        let ok = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        ok.await.unwrap();
+        let _ = read_head(&mut s).await;
+    }
+}
+
 /// A peer that closes a kept-alive connection just as a request arrives on it (its idle
 /// timeout fired): the request is sent again on a new connection, and the client never knows.
 #[tokio::test]
 async fn a_pooled_connection_the_peer_dropped_is_retried_on_a_new_one() {
-    let (addr, accepted) = scripted(|mut s| async move {
-        if read_head(&mut s).await.is_some() {
-            let ok = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
-            ok.await.unwrap();
-            // The next request on this connection is read and dropped unanswered.
-            let _ = read_head(&mut s).await;
-        }
-    })
-    .await;
+    let (addr, accepted) = scripted(answers_once).await;
     for server in LOOPS {
         let proxy = Proxy::start_with_server(server, &one_route(addr)).await;
         let before = accepted.load(Ordering::SeqCst);
@@ -67,14 +69,7 @@ async fn a_pooled_connection_the_peer_dropped_is_retried_on_a_new_one() {
 /// sent again (RFC 9110 9.2.2; Pingora's and nginx's default), by either loop: 502.
 #[tokio::test]
 async fn a_post_on_a_dropped_pooled_connection_is_not_sent_again() {
-    let (addr, accepted) = scripted(|mut s| async move {
-        if read_head(&mut s).await.is_some() {
-            let ok = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
-            ok.await.unwrap();
-            let _ = read_head(&mut s).await;
-        }
-    })
-    .await;
+    let (addr, accepted) = scripted(answers_once).await;
     for server in LOOPS {
         let proxy = Proxy::start_with_server(server, &one_route(addr)).await;
         // Each POST after a GET that leaves a pooled connection in the pool its loop uses: a

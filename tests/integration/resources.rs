@@ -258,6 +258,19 @@ async fn a_tls_hello_must_arrive_within_the_header_timeout() {
     assert_eq!(parse_response(&out).unwrap().status, 200);
 }
 
+/// `GET uri` on an HTTP/2 connection; the response head, within `IO_TIMEOUT`.
+async fn h2_get(
+    send: &mut h2::client::SendRequest<bytes::Bytes>,
+    uri: &str,
+) -> http::Response<h2::RecvStream> {
+    let req = http::Request::get(uri).body(()).unwrap();
+    let (resp, _) = send.send_request(req, true).unwrap();
+    tokio::time::timeout(IO_TIMEOUT, resp)
+        .await
+        .unwrap()
+        .unwrap()
+}
+
 /// An HTTP/2 connection that sent its preface and SETTINGS and then nothing was never closed
 /// (Pingora issue 563). It is closed after `keepalive_timeout` with no stream open; one with a
 /// request in flight is not; and HTTP/2 clients reach HTTP/1 peers.
@@ -286,14 +299,7 @@ async fn idle_http2_connections_are_closed_after_the_keepalive_timeout() {
     // A request over HTTP/2 reaches the HTTP/1 origin.
     let (mut send, conn) = h2_client().await;
     let driver = tokio::spawn(conn);
-    let req = http::Request::get("https://localhost/h2?x=1")
-        .body(())
-        .unwrap();
-    let (resp, _) = send.send_request(req, true).unwrap();
-    let resp = tokio::time::timeout(IO_TIMEOUT, resp)
-        .await
-        .unwrap()
-        .unwrap();
+    let resp = h2_get(&mut send, "https://localhost/h2?x=1").await;
     assert_eq!(resp.status(), 200);
     let mut body = resp.into_body();
     let mut bytes = Vec::new();
@@ -329,13 +335,6 @@ async fn idle_http2_connections_are_closed_after_the_keepalive_timeout() {
     // A slow request (2 s, beyond the 1 s idle timeout) is not cut.
     let (mut send, conn) = h2_client().await;
     tokio::spawn(conn);
-    let req = http::Request::get("https://localhost/slow/2000")
-        .body(())
-        .unwrap();
-    let (resp, _) = send.send_request(req, true).unwrap();
-    let resp = tokio::time::timeout(IO_TIMEOUT, resp)
-        .await
-        .unwrap()
-        .unwrap();
+    let resp = h2_get(&mut send, "https://localhost/slow/2000").await;
     assert_eq!(resp.status(), 200);
 }

@@ -5,6 +5,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+
+#[path = "head.rs"]
+mod head;
 use pingora::http::RequestHeader;
 use portico::config::{self, Loaded};
 use portico::request::{self, View};
@@ -34,22 +37,9 @@ static SNAPSHOT: LazyLock<Snapshot> = LazyLock::new(|| {
 });
 
 fuzz_target!(|data: &[u8]| {
-    let mut headers = [httparse::EMPTY_HEADER; 32];
-    let mut parsed = httparse::Request::new(&mut headers);
-    let Ok(httparse::Status::Complete(_)) = parsed.parse(data) else {
+    let Some(req) = head::request_head(data) else {
         return;
     };
-    let (Some(method), Some(path)) = (parsed.method, parsed.path) else {
-        return;
-    };
-    let Ok(mut req) = RequestHeader::build(method, path.as_bytes(), None) else {
-        return;
-    };
-    for h in parsed.headers.iter() {
-        if req.append_header(h.name.to_owned(), h.value).is_err() {
-            return;
-        }
-    }
     let router = &SNAPSHOT.router;
     let Ok(view) = View::of(&req) else {
         return;
@@ -66,7 +56,7 @@ fuzz_target!(|data: &[u8]| {
         .target(None)
         .unwrap_or_else(|| String::from_utf8_lossy(req.raw_path()).into_owned());
     let mut forwarded =
-        RequestHeader::build(method, target.as_bytes(), None).expect("the target forwarded parses");
+        RequestHeader::build(req.method.as_str(), target.as_bytes(), None).expect("the target forwarded parses");
     if let Some(authority) = &view.authority {
         forwarded.insert_header(http::header::HOST, authority.clone()).unwrap();
     }

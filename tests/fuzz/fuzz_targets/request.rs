@@ -7,6 +7,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+
+#[path = "head.rs"]
+mod head;
 use pingora::http::RequestHeader;
 use portico::config::{self, Loaded};
 use portico::headers::Forwarded;
@@ -39,22 +42,9 @@ static SNAPSHOT: LazyLock<Snapshot> = LazyLock::new(|| {
 
 fuzz_target!(|input: (u8, &[u8])| {
     let (peer_byte, data) = input;
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut parsed = httparse::Request::new(&mut headers);
-    let Ok(httparse::Status::Complete(_)) = parsed.parse(data) else {
+    let Some(req) = head::request_head(data) else {
         return;
     };
-    let (Some(method), Some(path)) = (parsed.method, parsed.path) else {
-        return;
-    };
-    let Ok(mut req) = RequestHeader::build(method, path.as_bytes(), None) else {
-        return;
-    };
-    for h in parsed.headers.iter() {
-        if req.append_header(h.name.to_owned(), h.value).is_err() {
-            return;
-        }
-    }
     let snapshot = &*SNAPSHOT;
     let peer = IpAddr::from([127, 0, 0, peer_byte]);
     let peer = if peer_byte % 2 == 0 {
