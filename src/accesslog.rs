@@ -2,7 +2,7 @@
 //! text (combined-like) or JSON, written by a thread of its own so a worker never waits on I/O.
 
 use crate::config::schema::{AccessLogFormat, AccessLogSection};
-use crate::metrics::METRICS;
+use crate::metrics::{status_class, METRICS};
 use std::io::Write;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::OnceLock;
@@ -156,4 +156,37 @@ fn json(e: &Entry) -> String {
     .to_string();
     line.push('\n');
     line
+}
+
+/// Counts a finished request (or tunnel) in the metrics and writes its access-log line.
+pub fn account(e: &Entry) {
+    match e.metrics {
+        Some(m) => {
+            m.requests(e.status).inc();
+            m.bytes_sent.inc_by(e.bytes_sent as u64);
+            m.bytes_received.inc_by(e.bytes_received as u64);
+            if !e.upgraded {
+                m.duration.observe(e.duration.as_secs_f64());
+            }
+        }
+        // No route (404, refused before routing): the series are looked up.
+        None => {
+            let m = &*METRICS;
+            m.requests
+                .with_label_values(&[e.route, e.upstream, status_class(e.status)])
+                .inc();
+            m.bytes_sent
+                .with_label_values(&[e.route])
+                .inc_by(e.bytes_sent as u64);
+            m.bytes_received
+                .with_label_values(&[e.route])
+                .inc_by(e.bytes_received as u64);
+            if !e.upgraded {
+                m.request_duration
+                    .with_label_values(&[e.route])
+                    .observe(e.duration.as_secs_f64());
+            }
+        }
+    }
+    write(e);
 }

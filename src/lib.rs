@@ -16,7 +16,8 @@
 //!      the canonical view of host and path ([`request::view`]) and its route ([`routing`]),
 //!      the route's redirect, body limit, WebSocket gate, rate limit ([`limits`]) and auth
 //!      ([`auth`]), answered by portico itself; a plain request is then forwarded by portico's
-//!      own loop (`Portico::forward`), a valid WebSocket upgrade taken over ([`websocket`]:
+//!      own loop ([`forward::plain`]), a valid WebSocket upgrade taken over ([`forward::upgrade`],
+//!      [`websocket`]:
 //!      handshake with a peer, then [`tunnel`]), anything else left to Pingora's loop;
 //!   2. `upstream_peer`: the next peer ([`upstream::attempts`]: tried peers, in-flight guard,
 //!      every retry decision, for both loops and upgrades); `fail_to_connect` and
@@ -41,6 +42,7 @@ pub mod cli;
 pub mod config;
 pub mod conn;
 pub mod drain;
+pub mod forward;
 pub mod handoff;
 pub mod headers;
 pub mod limits;

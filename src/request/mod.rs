@@ -3,6 +3,7 @@
 //! every decision that needs no peer.
 
 pub mod admit;
+pub mod ctx;
 pub mod view;
 
 use crate::headers::{self, Forwarded};

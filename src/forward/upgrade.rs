@@ -1,0 +1,275 @@
+//! A WebSocket upgrade, taken over from Pingora's loop: the handshake with a peer, then either
+//! the tunnel (a real 101, on a task of its own, `tunnel`) or the peer's refusal relayed and
+//! the connection closed.
+
+use crate::accesslog::{account, Entry};
+use crate::limits::ConnectionSlot;
+use crate::metrics::METRICS;
+use crate::request::ctx::{GaugeGuard, RequestCtx};
+use crate::tunnel::Tunnel;
+use crate::upstream::{InflightGuard, UpstreamGroup};
+use crate::websocket;
+use bytes::Bytes;
+use http::header;
+use pingora::connectors::TransportConnector;
+use pingora::prelude::*;
+use pingora::protocols::http::v1::server::HttpSession as HttpSessionV1Server;
+use pingora::protocols::http::ServerSession;
+use pingora::proxy::Session;
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+
+/// A valid WebSocket upgrade, handled here rather than by Pingora's proxy loop (see
+/// `tunnel`). Until the peer has answered, failures are ordinary errors that Pingora answers
+/// (502/503); once the peer has answered, the client's connection is taken from Pingora and
+/// either tunnelled (a real 101) or given the peer's refusal and closed. `Ok(true)`: done.
+pub(crate) async fn websocket(
+    connector: &TransportConnector,
+    drain_limit: Duration,
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+) -> Result<bool> {
+    let snapshot = Arc::clone(&ctx.snapshot);
+    let route = &snapshot.routes[ctx.route.expect("routed")];
+    let group = &route.upstream;
+    let request = websocket::upstream_request(session.req_header(), |req| {
+        super::rewrite(session, req, ctx)
+    })?;
+
+    // An upgrade that never reached a peer's answer: counted, and an error for Pingora to
+    // answer (`error_status`: 503 no peer, 504 when the peer timed out, else 502).
+    let counted = |e: Box<Error>| {
+        METRICS
+            .websocket_upgrades
+            .with_label_values(&[route.name.as_str(), "failed"])
+            .inc();
+        e
+    };
+    let failed = |why: String, etype: ErrorType, e: Box<dyn std::error::Error + Send + Sync>| {
+        counted(Error::because(etype, why, e).into_up())
+    };
+    let (peer, mut upstream) = loop {
+        let peer = super::next_peer(ctx, group).map_err(counted)?;
+        match Box::pin(connector.new_stream(&peer.template)).await {
+            Ok(stream) => {
+                ctx.mark_connected();
+                break (peer, stream);
+            }
+            Err(e) if ctx.attempts.connect_failed(group) => {
+                log::warn!(
+                    "websocket upgrade: connecting to {} failed, retrying elsewhere: {e}",
+                    peer.addr
+                );
+            }
+            Err(e) => {
+                let etype = e.etype().clone();
+                return Err(failed(format!("connecting to {}", peer.addr), etype, e));
+            }
+        }
+    };
+    let timeout = peer
+        .template
+        .options
+        .read_timeout
+        .unwrap_or(Duration::from_secs(60));
+    let answer = match websocket::exchange(&mut upstream, &request, timeout).await {
+        Ok(a) => a,
+        Err(e) => {
+            let etype = match e.kind() {
+                std::io::ErrorKind::TimedOut => ReadTimedout,
+                _ => ReadError,
+            };
+            let why = format!("websocket handshake with {}", peer.addr);
+            return Err(failed(why, etype, Box::new(e)));
+        }
+    };
+
+    // The peer has answered: take the client's connection out of Pingora's hands, leaving
+    // it a closed stand-in to finish with.
+    let stand_in = stand_in(session).await?;
+    let taken = std::mem::replace(&mut *session.downstream_session, stand_in);
+    let (mut client, pipelined) = match taken {
+        ServerSession::H1(h1) => take_client(h1).await?,
+        other => {
+            *session.downstream_session = other;
+            return Error::e_explain(InternalError, "websocket upgrade on a non-HTTP/1 session");
+        }
+    };
+    if websocket::is_switch(&answer, session.req_header()) {
+        METRICS
+            .websocket_upgrades
+            .with_label_values(&[route.name.as_str(), "upgraded"])
+            .inc();
+        let gauge = METRICS
+            .websockets_open
+            .with_label_values(&[route.name.as_str(), group.name.as_str()]);
+        let ws_open = GaugeGuard::new(gauge);
+        let sent = async {
+            client.write_all(&answer.raw_head).await?;
+            client.flush().await
+        };
+        if sent.await.is_err() {
+            return Ok(true);
+        }
+        // The tunnel gets a task of its own and Pingora's request ends here: its per-request
+        // state (tens of KiB) would otherwise live as long as the WebSocket.
+        let req = session.req_header();
+        let text = |name| {
+            req.headers
+                .get(name)
+                .and_then(|v: &http::HeaderValue| v.to_str().ok())
+                .map(Box::<str>::from)
+        };
+        let job = TunnelJob {
+            tunnel: Tunnel::new(
+                client,
+                upstream,
+                (answer.rest, pipelined),
+                route.websocket.idle_timeout,
+                drain_limit,
+            ),
+            client_ip: ctx.client_ip,
+            method: req.method.clone(),
+            uri: req.uri.to_string().into(),
+            version: req.version,
+            referer: text(header::REFERER),
+            user_agent: text(header::USER_AGENT),
+            route: Arc::clone(&route.key),
+            group: Arc::clone(group),
+            started: ctx.started,
+            _held: (
+                ctx.attempts.take_guard(),
+                ws_open,
+                ctx.connection_slot.take().map(Box::new),
+                ctx.in_flight.take(),
+                crate::conn::take_permit(),
+            ),
+        };
+        ctx.handed_off = true;
+        tokio::spawn(job);
+    } else {
+        METRICS
+            .websocket_upgrades
+            .with_label_values(&[route.name.as_str(), "refused"])
+            .inc();
+        ctx.ws_status = Some(if answer.status == 101 {
+            502
+        } else {
+            answer.status
+        });
+        // The client's pipelined bytes (if any) go with its connection: never to this peer.
+        let relayed = websocket::relay_refusal(
+            &mut client,
+            &mut upstream,
+            answer,
+            &route.response_headers,
+            timeout,
+            &mut ctx.ws_bytes_sent,
+        );
+        if let Err(e) = relayed.await {
+            log::debug!("relaying a refused upgrade from {}: {e}", peer.addr);
+        }
+    }
+    Ok(true)
+}
+
+/// The client's connection out of its HTTP/1 session, with what the client sent after its
+/// handshake: a first frame in the same write as the upgrade (nginx passes it on after the
+/// 101; nginx-tests "handshake pipelined"). Pingora keeps those bytes as the next request's
+/// prefix, which its `reuse` hands over (with pipelining on, as `conn` sets). A client that
+/// asked to close after this request has its connection taken as is.
+async fn take_client(h1: HttpSessionV1Server) -> Result<(pingora::protocols::Stream, Bytes)> {
+    if !h1.will_keepalive() {
+        return Ok((h1.into_inner(), Bytes::new()));
+    }
+    match h1.reuse().await? {
+        Some(reusable) => {
+            let (stream, prefix) = reusable.into_parts();
+            Ok((
+                stream,
+                prefix.map_or_else(Bytes::new, bytes::BytesMut::freeze),
+            ))
+        }
+        None => Error::e_explain(ConnectionClosed, "the client's connection ended")
+            .map_err(|e| e.into_down()),
+    }
+}
+
+/// What Pingora keeps after the client's connection is taken: a session that has read the same
+/// request head (Pingora reads it again for logging and clean-up; an unread one panics) from a
+/// stream that then ends.
+async fn stand_in(session: &Session) -> Result<ServerSession> {
+    let raw = session.as_downstream().to_h1_raw();
+    let (stream, mut feed) = tokio::io::duplex(raw.len() + 1);
+    feed.write_all(&raw)
+        .await
+        .or_err(InternalError, "stand-in session")?;
+    drop(feed);
+    let mut stand_in = ServerSession::new_http1(Box::new(stream));
+    stand_in.read_request().await?;
+    Ok(stand_in)
+}
+
+pin_project_lite::pin_project! {
+    /// An upgraded connection on its own task: the tunnel, what its access-log line needs, and
+    /// the guards that count it (peer in-flight, open WebSockets, per-client slot, in flight,
+    /// the connection's permit).
+    /// A future by hand, so the task holds the tunnel once (an `async` block moving it into an
+    /// `.await` keeps room for it twice).
+    struct TunnelJob {
+        #[pin]
+        tunnel: Tunnel,
+        client_ip: IpAddr,
+        method: http::Method,
+        uri: Box<str>,
+        version: http::Version,
+        referer: Option<Box<str>>,
+        user_agent: Option<Box<str>>,
+        route: Arc<str>,
+        group: Arc<UpstreamGroup>,
+        started: Instant,
+        _held: (
+            Option<InflightGuard>,
+            GaugeGuard,
+            // Boxed: most routes have no max_connections, and 32 bytes less per tunnel.
+            Option<Box<ConnectionSlot>>,
+            Option<GaugeGuard>,
+            // The client connection's place under server.max_connections.
+            Option<crate::conn::ConnectionPermit>,
+        ),
+    }
+}
+
+impl Future for TunnelJob {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        let outcome = ready!(this.tunnel.poll(cx));
+        account(&Entry {
+            client: *this.client_ip,
+            method: this.method.as_str(),
+            uri: this.uri,
+            metrics: None,
+            version: *this.version,
+            status: 101,
+            bytes_sent: outcome.peer_to_client as usize,
+            bytes_received: outcome.client_to_peer as usize,
+            duration: this.started.elapsed(),
+            route: this.route,
+            upstream: &this.group.name,
+            peer: this._held.0.as_ref().map(|g| g.peer().addr),
+            referer: this.referer.as_deref(),
+            user_agent: this.user_agent.as_deref(),
+            upgraded: true,
+            end: Some(outcome.end.as_str()),
+            error: None,
+        });
+        Poll::Ready(())
+    }
+}

@@ -1,0 +1,123 @@
+//! The per-request context every hook, the forwarding loops and the access log share: the
+//! snapshot the request started with, its canonical view and route, its client, its attempts
+//! at peers, and the guards that count it.
+
+use super::View;
+use crate::limits::ConnectionSlot;
+use crate::metrics::METRICS;
+use crate::snapshot::{Route, Snapshot};
+use crate::upstream::attempts::Attempts;
+use pingora::proxy::Session;
+use prometheus::IntGauge;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Per-request state. The snapshot is loaded once, when the request starts, so one request
+/// never mixes two config versions even if a reload lands mid-way.
+pub struct RequestCtx {
+    pub(crate) snapshot: Arc<Snapshot>,
+    pub(crate) route: Option<usize>,
+    pub(crate) client_ip: IpAddr,
+    pub(crate) tls: bool,
+    pub(crate) upgrade: bool,
+    /// The peers tried, the current one counted, and every retry decision.
+    pub(crate) attempts: Attempts,
+    /// Counts this request as in flight; a tunnel takes it along to its own task.
+    pub(crate) in_flight: Option<GaugeGuard>,
+    /// A 101 was relayed and the tunnel runs in its own task, which accounts for it at the end.
+    pub(crate) handed_off: bool,
+    pub(crate) started: Instant,
+    pub(crate) connect_started: Option<Instant>,
+    pub(crate) connected: Option<Instant>,
+    /// A WebSocket upgrade portico answered itself: the status sent and, after a 101, how
+    /// the tunnel went.
+    pub(crate) ws_status: Option<u16>,
+    /// Body bytes of a refused upgrade's response, relayed by portico itself.
+    pub(crate) ws_bytes_sent: u64,
+    /// Request body bytes seen so far (for `max_body_size`).
+    pub(crate) body_bytes: u64,
+    /// Counts this upgrade against the route's `max_connections` for its client.
+    pub(crate) connection_slot: Option<ConnectionSlot>,
+    /// The canonical host and path every policy judges (set before routing).
+    pub(crate) view: View,
+}
+
+impl RequestCtx {
+    /// A request's state as it starts: the live snapshot, counted as in flight.
+    pub(crate) fn new(snapshot: Arc<Snapshot>) -> Self {
+        RequestCtx {
+            snapshot,
+            route: None,
+            client_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            tls: false,
+            upgrade: false,
+            attempts: Attempts::default(),
+            in_flight: Some(GaugeGuard::new(METRICS.requests_in_flight.clone())),
+            handed_off: false,
+            started: Instant::now(),
+            connect_started: None,
+            connected: None,
+            ws_status: None,
+            body_bytes: 0,
+            ws_bytes_sent: 0,
+            connection_slot: None,
+            view: View::default(),
+        }
+    }
+
+    /// A connection to the peer is ready (new or pooled): the connect time is observed.
+    pub(crate) fn mark_connected(&mut self) {
+        let now = Instant::now();
+        if let (Some(route), Some(started)) = (self.route(), self.connect_started) {
+            route
+                .metrics
+                .upstream_connect
+                .observe(now.duration_since(started).as_secs_f64());
+        }
+        self.connected = Some(now);
+    }
+
+    /// The peer's response head arrived: the time since connecting is observed.
+    pub(crate) fn mark_answered(&self) {
+        if let (Some(route), Some(connected)) = (self.route(), self.connected) {
+            route
+                .metrics
+                .upstream_response
+                .observe(connected.elapsed().as_secs_f64());
+        }
+    }
+
+    pub(crate) fn route(&self) -> Option<&Route> {
+        self.route.map(|i| &self.snapshot.routes[i])
+    }
+
+    pub(crate) fn route_name(&self) -> &str {
+        self.route().map_or("-", |r| r.name.as_str())
+    }
+}
+
+/// Increments a gauge now and decrements it on drop, however the request ends (Pingora does
+/// not call `logging()` for tunnels cut at shutdown; drops always happen).
+pub struct GaugeGuard(IntGauge);
+
+impl GaugeGuard {
+    pub(crate) fn new(g: IntGauge) -> Self {
+        g.inc();
+        GaugeGuard(g)
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// The connecting peer's address (the previous hop; the client unless a proxy is in between).
+pub fn peer_ip(session: &Session) -> IpAddr {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |a| a.ip())
+}
