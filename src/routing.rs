@@ -92,21 +92,6 @@ fn normalize_host(host: &str) -> std::borrow::Cow<'_, str> {
     }
 }
 
-/// The host part of a `Host` header or authority: `example.com:8080` -> `example.com`,
-/// `[::1]:80` -> `[::1]`.
-pub fn host_without_port(authority: &str) -> &str {
-    if authority.starts_with('[') {
-        return match authority.find(']') {
-            Some(end) => &authority[..=end],
-            None => authority,
-        };
-    }
-    match authority.rsplit_once(':') {
-        Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
-        _ => authority,
-    }
-}
-
 /// `strip_prefix`: `/ws/chat` under `/ws/` reaches the peer as `/chat`; the query is kept and
 /// the result always starts with `/`.
 pub fn strip_prefix(path_and_query: &str, prefix: &str) -> String {
@@ -174,14 +159,6 @@ mod tests {
         let mut none = Router::default();
         none.add(None, "/only/", 0);
         assert_eq!(none.find(None, "/"), None);
-    }
-
-    #[test]
-    fn ports_are_not_part_of_the_host() {
-        assert_eq!(host_without_port("example.com:8080"), "example.com");
-        assert_eq!(host_without_port("example.com"), "example.com");
-        assert_eq!(host_without_port("[::1]:80"), "[::1]");
-        assert_eq!(host_without_port("[::1]"), "[::1]");
     }
 
     #[test]
