@@ -1,5 +1,6 @@
 //! Checks on a request's framing and size before it is routed: what a hostile client sends
-//! that Pingora would forward (host and path are judged by `request::view`). Each answer is a clean 4xx; the connection is then closed.
+//! that Pingora would forward (host and path are judged by `request::view`). Each answer is a
+//! clean 4xx; the connection is then closed.
 
 use http::{header, Version};
 use pingora::http::RequestHeader;

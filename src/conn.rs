@@ -108,6 +108,12 @@ tokio::task_local! {
     static CONN: ConnState;
 }
 
+/// Counts a connection portico closed itself, by why: `portico_rejections_total` with route `-`
+/// (no request was routed).
+fn count_cut(reason: &'static str) {
+    METRICS.rejections.with_label_values(&["-", reason]).inc();
+}
+
 /// Called by the proxy once a request head is read (the first thing Pingora does after).
 pub fn head_read() {
     let _ = CONN.try_with(|c| c.head_read.set(true));
@@ -163,10 +169,7 @@ where
             // Closed at once (the stream drops): the client may retry, and is served as soon
             // as others close.
             log::debug!("server.max_connections reached: connection closed");
-            METRICS
-                .rejections
-                .with_label_values(&["-", "max_connections"])
-                .inc();
+            count_cut("max_connections");
             return None;
         };
         let first_deadline = tokio::time::Instant::now() + self.inner.limits.header_timeout;
@@ -180,10 +183,7 @@ where
             Ok(Err(_)) => return None,
             Err(_) => {
                 log::debug!("nothing sent within header_timeout: connection closed");
-                METRICS
-                    .rejections
-                    .with_label_values(&["-", "header_timeout"])
-                    .inc();
+                count_cut("header_timeout");
                 return None;
             }
         }
@@ -214,10 +214,7 @@ where
                     out = work => out,
                     () = deadline => {
                         log::debug!("no HTTP/2 request within header_timeout: connection closed");
-                        METRICS
-                            .rejections
-                            .with_label_values(&["-", "header_timeout"])
-                            .inc();
+                        count_cut("header_timeout");
                         None
                     }
                 }
@@ -276,10 +273,7 @@ where
             }
             .await
             .unwrap_or_else(|| {
-                METRICS
-                    .rejections
-                    .with_label_values(&["-", "header_timeout"])
-                    .inc();
+                count_cut("header_timeout");
                 None
             }),
             // An HTTP/2 stream's task: no connection state, no deadline.
@@ -423,10 +417,7 @@ impl PreTlsProcess for ClientHelloDeadline {
         let result = match tokio::time::timeout(self.timeout, read).await {
             Ok(r) => r,
             Err(_) => {
-                METRICS
-                    .rejections
-                    .with_label_values(&["-", "header_timeout"])
-                    .inc();
+                count_cut("header_timeout");
                 Err(Error::explain(
                     ErrorType::ReadTimedout,
                     "no TLS hello within server.header_timeout",
