@@ -19,7 +19,10 @@ impl BearerTokens {
         let text = match std::fs::read_to_string(file) {
             Ok(t) => t,
             Err(e) => {
-                errs.push(path, format!("cannot read {file}: {e}"));
+                errs.push(
+                    path,
+                    format!("cannot read {file}: {}", crate::config::os_message(&e)),
+                );
                 return None;
             }
         };

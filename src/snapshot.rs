@@ -281,7 +281,19 @@ impl Snapshot {
             });
         }
 
-        errs.into_result(Snapshot {
+        // What did not parse comes first; a semantic error about a value that was taken out (or
+        // stood in for) is only its echo.
+        let mut all = loaded.errors.clone();
+        let echoes = |path: &str| {
+            loaded.errors.0.iter().any(|p| {
+                path.strip_prefix(p.path.as_str())
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+            })
+        };
+        all.0
+            .extend(errs.0.into_iter().filter(|e| !echoes(&e.path)));
+        all.locate(&loaded.lines);
+        all.into_result(Snapshot {
             routes,
             router,
             upstreams,

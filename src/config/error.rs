@@ -8,10 +8,15 @@ pub struct ConfigError {
     /// Dotted YAML path (`upstreams.app.peers[0]`); empty for the whole file.
     pub path: String,
     pub message: String,
+    /// The line of the file the path is on, when known.
+    pub line: Option<usize>,
 }
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(line) = self.line {
+            write!(f, "line {line}: ")?;
+        }
         if self.path.is_empty() {
             f.write_str(&self.message)
         } else {
@@ -29,6 +34,7 @@ impl ConfigErrors {
         ConfigErrors(vec![ConfigError {
             path: path.into(),
             message: message.into(),
+            line: None,
         }])
     }
 
@@ -36,7 +42,16 @@ impl ConfigErrors {
         self.0.push(ConfigError {
             path: path.into(),
             message: message.into(),
+            line: None,
         });
+    }
+
+    /// Gives each error the line of its path, and puts them in the file's order.
+    pub fn locate(&mut self, lines: &super::collect::Lines) {
+        for e in &mut self.0 {
+            e.line = e.line.or_else(|| lines.line(&e.path));
+        }
+        self.0.sort_by_key(|e| e.line.unwrap_or(0));
     }
 
     pub fn is_empty(&self) -> bool {

@@ -1,5 +1,6 @@
 //! The YAML file: its format (`schema`), its durations, and the errors that name a YAML path.
 
+pub mod collect;
 pub mod error;
 pub mod schema;
 pub mod validate;
@@ -10,14 +11,30 @@ pub use schema::FileConfig;
 use std::path::Path;
 
 /// A parsed file and the SHA-256 of its bytes (compare with `sha256sum portico.yaml`).
+#[derive(Default)]
 pub struct Loaded {
     pub config: FileConfig,
     pub sha256: String,
+    /// What did not parse (unknown keys, wrong types), the values taken out of `config`; the
+    /// semantic checks of [`crate::snapshot::Snapshot::build`] add theirs to these.
+    pub errors: ConfigErrors,
+    /// The line of each YAML path, for the errors.
+    pub lines: collect::Lines,
 }
 
-/// Reads and parses `path` into the file format. Parse errors (bad YAML, unknown keys, wrong
-/// types) stop at the first one, as serde does; semantic errors are collected later by
-/// [`crate::snapshot::Snapshot::build`], all of them at once.
+impl Loaded {
+    /// A config that parsed, with no file behind it (tests, fuzzing).
+    pub fn from_config(config: FileConfig) -> Loaded {
+        Loaded {
+            config,
+            ..Loaded::default()
+        }
+    }
+}
+
+/// Reads and parses `path` into the file format. Every parse error is collected (see
+/// [`collect`]); when the file could be repaired around them, they travel in
+/// [`Loaded::errors`] so the semantic checks run too and `-t` reports all problems at once.
 pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
     use sha2::Digest;
     let text = std::fs::read_to_string(path).map_err(|e| {
@@ -28,14 +45,30 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
     })?;
     let digest = sha2::Sha256::digest(text.as_bytes());
     let sha256 = digest.iter().map(|b| format!("{b:02x}")).collect();
+    if text.trim().is_empty() {
+        return Err(ConfigErrors::one("", "the file is empty"));
+    }
+    let lines = collect::Lines::of(&text);
+    let (config, errors) = match serde_yaml::from_str(&text) {
+        Ok(config) => (config, ConfigErrors::default()),
+        Err(_) => match collect::every_error(&text) {
+            (Some(config), errors) => (config, errors),
+            (None, mut errors) => {
+                errors.locate(&lines);
+                return Err(errors);
+            }
+        },
+    };
     Ok(Loaded {
-        config: parse(&text)?,
+        config,
         sha256,
+        errors,
+        lines,
     })
 }
 
 /// An I/O error as a person reads it: `No such file or directory`, without `(os error 2)`.
-pub fn os_message(e: &std::io::Error) -> String {
+pub fn os_message(e: &impl std::fmt::Display) -> String {
     let text = e.to_string();
     match text.split_once(" (os error") {
         Some((message, _)) => message.to_owned(),
@@ -43,10 +76,14 @@ pub fn os_message(e: &std::io::Error) -> String {
     }
 }
 
-/// Parses YAML text into the file format. An empty document is an empty config.
+/// Parses YAML text into the file format, or every parse error with its line.
 pub fn parse(text: &str) -> Result<FileConfig, ConfigErrors> {
     if text.trim().is_empty() {
         return Err(ConfigErrors::one("", "the file is empty"));
     }
-    serde_yaml::from_str(text).map_err(|e| ConfigErrors::from_yaml(&e))
+    serde_yaml::from_str(text).map_err(|_| {
+        let mut errors = collect::every_error(text).1;
+        errors.locate(&collect::Lines::of(text));
+        errors
+    })
 }

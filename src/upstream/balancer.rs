@@ -232,7 +232,10 @@ fn load_ca(file: &str, path: &str, errs: &mut ConfigErrors) -> Option<Arc<[Wrapp
     let certs: Result<Vec<CertificateDer>, _> = match CertificateDer::pem_file_iter(file) {
         Ok(iter) => iter.collect(),
         Err(e) => {
-            errs.push(path, format!("cannot read {file}: {e}"));
+            errs.push(
+                path,
+                format!("cannot read {file}: {}", crate::config::os_message(&e)),
+            );
             return None;
         }
     };

@@ -17,10 +17,7 @@ fuzz_target!(|data: &[u8]| {
     cfg.listeners.iter_mut().for_each(|l| l.tls = None);
     cfg.routes.iter_mut().for_each(|r| r.auth = None);
     cfg.upstreams.values_mut().for_each(|u| u.tls = None);
-    let loaded = Loaded {
-        config: cfg,
-        sha256: String::new(),
-    };
+    let loaded = Loaded::from_config(cfg);
     if let Ok(first) = Snapshot::build(&loaded, None) {
         // A reload of the same file next to the live one.
         let _ = Snapshot::build(&loaded, Some(&first)).map(|next| next.check_reloadable(&first));

@@ -33,10 +33,7 @@ routes:
 "#;
 
 static SNAPSHOT: LazyLock<Snapshot> = LazyLock::new(|| {
-    let loaded = Loaded {
-        config: config::parse(CONFIG).expect("the fuzz config parses"),
-        sha256: String::new(),
-    };
+    let loaded = Loaded::from_config(config::parse(CONFIG).expect("the fuzz config parses"));
     Snapshot::build(&loaded, None).expect("the fuzz config builds")
 });
 
