@@ -12,7 +12,7 @@ deps:
 	@command -v cmake >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq cmake; }
 
 build: deps
-	cargo build --bin portico --example demo_origins
+	cargo build --bin portico --example demo_origins --example wscat
 
 ## run: the demo origins on 127.0.0.1:3001-3003 and portico on conf/portico.yaml (Ctrl-C stops both)
 run: build
@@ -33,10 +33,13 @@ fmt-check:
 lint: deps
 	cargo clippy --all-targets -- -D warnings
 
-## check-config: `portico -t` on every file in conf/
+## check-config: `portico -t` on every file in conf/ and conf/examples/ (Kubernetes Service
+## names, which resolve only in a cluster, swapped for 127.0.0.1)
 check-config: deps
 	cargo build --bin portico
-	@for f in conf/*.yaml; do echo "$$f"; $(PORTICO) -t -c "$$f" || exit 1; done
+	@for f in conf/*.yaml conf/examples/*.yaml; do echo "$$f"; \
+		sed 's/[a-z0-9.-]*\.svc\.cluster\.local/127.0.0.1/g' "$$f" > target/check-config.yaml; \
+		$(PORTICO) -t -c target/check-config.yaml || exit 1; done
 
 ## check-deploy: lint the Dockerfile, validate the Kubernetes manifests against their schemas,
 ## `portico -t` the configs deploy/ ships (the cluster DNS name swapped for an address here)
@@ -84,12 +87,12 @@ bench: deps
 	@command -v nginx >/dev/null && command -v haproxy >/dev/null && command -v wrk >/dev/null || \
 		{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq nginx-light haproxy wrk; }
 	cargo build --release --bin portico --example demo_origins --example bare_pingora
-	BARE_PINGORA=target/release/examples/bare_pingora BENCH_README=README.md \
+	BARE_PINGORA=target/release/examples/bare_pingora BENCH_README=docs/performance.md \
 		python3 tests/bench/bench.py target/release/portico target/release/examples/demo_origins
 
-## check-bench: README.md has the block `make bench` rewrites, and a sample result renders into it
+## check-bench: docs/performance.md has the block `make bench` rewrites, and a sample result renders into it
 check-bench:
-	python3 tests/bench/bench.py --check-readme README.md
+	python3 tests/bench/bench.py --check-readme docs/performance.md
 
 ci: fmt-check lint check-config check-deploy check-bench test
 	$(MAKE) fuzz FUZZ_SECONDS=20

@@ -245,7 +245,7 @@ fn server_conf(snapshot: &Snapshot, cli: &Cli) -> ServerConf {
         daemon: cli.daemon,
         // Off by default: each worker thread runs its own runtime and keeps its connections
         // (nginx's worker model); measured 10% less CPU per request than tokio's
-        // work-stealing scheduler (tests/bench, README: Performance).
+        // work-stealing scheduler (tests/bench, docs/performance.md).
         work_stealing: s.work_stealing.unwrap_or(false),
         // A daemon keeps the working directory: relative paths in the file (certificates,
         // tokens, logs) mean the same on every reload.

@@ -1,4 +1,4 @@
-//! The command line: `-c FILE`, `-t`, `-u`, `-d` (README: Command line), and its mapping to
+//! The command line: `-c FILE`, `-t`, `-u`, `-d` (docs/operations.md: Command line), and its mapping to
 //! Pingora's `Opt`.
 
 use clap::Parser;
@@ -19,9 +19,10 @@ Environment:
 Exit codes:
   0   ran and stopped, or -t found the configuration ok
   1   a start-up failure that is not the file's (a busy port, an unwritable log)
-  64  the configuration cannot be read or is invalid (every error is printed with its YAML path)
+  64  the configuration cannot be read or is invalid (every error is printed with its line and YAML path)
 
-Documentation: README.md; docs/configuration.md (every key), docs/security.md";
+Documentation: README.md (a tour), conf/examples/, docs/configuration.md (every key),
+docs/behaviour.md, docs/operations.md (signals, reload, upgrade), docs/security.md";
 
 #[derive(Debug, Parser)]
 #[command(

@@ -175,7 +175,7 @@ where
         let first_deadline = tokio::time::Instant::now() + self.inner.limits.header_timeout;
         // A plain connection waits for its first byte here, holding a few hundred bytes,
         // before Pingora's session and request future (about 30 KiB) exist: a silent
-        // connection costs that much less (README: docs/security.md).
+        // connection costs that much less (docs/security.md).
         let mut first = [0u8; 1];
         match tokio::time::timeout_at(first_deadline, stream.try_peek(&mut first)).await {
             Ok(Ok(_)) => {}

@@ -73,7 +73,7 @@ async fn upstream_head<P: Hooks>(
 /// and HTTP/1 client session (the parsing, framing and keep-alive rules are Pingora's),
 /// portico's idle pool (`pool::IDLE`), without Pingora's general proxy loop (two halves
 /// joined by channels, cache and module hooks, retry buffering, a task per idle
-/// connection), which costs 22% more user-space instructions per request (README: Two
+/// connection), which costs 22% more user-space instructions per request (docs/behaviour.md: Two
 /// forwarding loops).
 /// It calls the same hooks Pingora's loop calls (`connected_to_upstream`,
 /// `upstream_request_filter`, `upstream_response_filter`, `response_filter`, for interim

@@ -13,12 +13,12 @@ BENCH_ONLY=portico,nginx runs a subset; BARE_PINGORA=path/to/bare_pingora adds P
 (examples/bare_pingora.rs). BENCH_ROUNDS (default 3): the proxies take turns this many
 times and each figure is the median (single runs on a 2-core machine vary by 5-15%).
 Prints one table with every figure also as a ratio to nginx and to HAProxy. Loopback only;
-every run is bounded in time. BENCH_README=README.md (what `make bench` passes): the results
+every run is bounded in time. BENCH_README=docs/performance.md (what `make bench` passes): the results
 table there, between the `bench:begin` and `bench:end` markers, is replaced by this run's
 (date, machine, versions, figures, ratios, targets), when portico, nginx and HAProxy all ran.
 
 usage: bench.py PORTICO_BINARY ECHO_ORIGIN_BINARY [DURATION_S [IDLE_WS]]
-       bench.py --check-readme README.md   (make check-bench, in CI: the results block is there)
+       bench.py --check-readme docs/performance.md   (make check-bench, in CI: the results block is there)
 """
 import os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
 
@@ -141,8 +141,13 @@ def machine():
 
 def versions():
     """nginx and HAProxy versions as they print them."""
-    nginx = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr
-    haproxy = subprocess.run(["haproxy", "-v"], capture_output=True, text=True).stdout
+    def said(cmd, stream):
+        try:
+            return getattr(subprocess.run(cmd, capture_output=True, text=True), stream)
+        except FileNotFoundError:  # --check-readme on a machine without them (CI)
+            return ""
+    nginx = said(["nginx", "-v"], "stderr")
+    haproxy = said(["haproxy", "-v"], "stdout")
     n = re.search(r"nginx/(\S+)", nginx)
     h = re.search(r"version (\S+)", haproxy)
     return f"nginx {n.group(1) if n else '?'}, HAProxy {h.group(1) if h else '?'}"

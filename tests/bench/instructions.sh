@@ -28,9 +28,9 @@ Y
   valgrind --tool=callgrind --callgrind-out-file="$d/cg.%p.out" "$bin" -c "$d/p.yaml" >"$d/log" 2>&1 & vp=$!
   for _ in $(seq 200); do (echo >/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
   wrk -t1 -c8 -d3s "http://127.0.0.1:$port/" >/dev/null
-  callgrind_control --zero $vp >/dev/null
+  callgrind_control --zero $vp >/dev/null 2>&1
   n=$(wrk -t1 -c8 -d8s "http://127.0.0.1:$port/" | awk '/requests in/{print $1}')
-  callgrind_control --dump=measured $vp >/dev/null
+  callgrind_control --dump=measured $vp >/dev/null 2>&1
   kill -INT $vp; wait $vp 2>/dev/null || true
   f=$(ls -t "$d"/cg.$vp.out.* | head -1)
   ir=$(awk '/^(summary|totals):/{print $2; exit}' "$f")

@@ -48,11 +48,22 @@ impl Proxy {
             format!("grace_period: 1s, {server}")
         };
         let server = server.trim_end_matches([',', ' ']);
+        Self::start_made(server, |dir, addr| config_text(dir, addr, server, body)).await
+    }
+
+    /// Starts portico on a whole file, `make(dir, addr)`: its first listener must be `addr`
+    /// (free, on loopback); `dir` is the proxy's own directory (pid file, sockets).
+    pub async fn start_file(make: impl Fn(&Path, SocketAddr) -> String) -> Proxy {
+        Self::start_made("", make).await
+    }
+
+    /// `server`: the file's `server` keys in flow style, for [`Proxy::rewrite`].
+    async fn start_made(server: &str, make: impl Fn(&Path, SocketAddr) -> String) -> Proxy {
         for _ in 0..3 {
             let dir = tempfile::tempdir().unwrap();
             let addr = proxy_addr();
             let conf = dir.path().join("portico.yaml");
-            std::fs::write(&conf, config_text(dir.path(), addr, server, body)).unwrap();
+            std::fs::write(&conf, make(dir.path(), addr)).unwrap();
             match Self::spawn(dir, conf, addr, server).await {
                 Ok(p) => return p,
                 Err(log) if log.contains("Address already in use") => continue,

@@ -7,6 +7,7 @@ mod origins;
 mod balancing;
 mod canonical;
 mod config_check;
+mod examples;
 mod forwarding;
 mod headers;
 mod hostile;

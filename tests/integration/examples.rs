@@ -1,0 +1,178 @@
+//! The shipped examples serve as they say: conf/examples/edge.yaml (the headline deployment)
+//! run as written, only its addresses swapped for loopback ones and the demo origins' (the
+//! demo certificates and token file are the repository's).
+
+use crate::harness::*;
+use crate::origins::{HttpOrigin, WsOrigin};
+use crate::tls::wait_listening;
+use futures_util::{SinkExt, StreamExt};
+use std::path::Path;
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+use tokio_rustls::TlsConnector;
+use tokio_tungstenite::tungstenite::Message;
+
+fn swap(text: &mut String, from: &str, to: &str) {
+    assert!(text.contains(from), "the example no longer holds {from:?}");
+    *text = text.replace(from, to);
+}
+
+/// A client trusting the examples' demo CA only.
+fn demo_ca_client() -> TlsConnector {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut roots = RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(root.join("conf/examples/certs/ca.pem")).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    TlsConnector::from(Arc::new(config))
+}
+
+/// One request over TLS to `name` (SNI and Host): the handshake verifies that the certificate
+/// chosen is the one for `name`.
+async fn https(addr: std::net::SocketAddr, name: &str, path: &str, extra: &str) -> Resp {
+    let tcp = connect(addr, None).await;
+    let mut tls = demo_ca_client()
+        .connect(ServerName::try_from(name.to_owned()).unwrap(), tcp)
+        .await
+        .unwrap_or_else(|e| panic!("TLS handshake as {name}: {e}"));
+    let head = format!("GET {path} HTTP/1.1\r\nHost: {name}\r\n{extra}\r\n");
+    tls.write_all(head.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    // Whole when its Content-Length is in; else at the close (with or without close_notify).
+    loop {
+        if let Some(r) = parse_response(&out) {
+            let length = r.header("content-length").and_then(|v| v.parse().ok());
+            if length == Some(r.body.len()) {
+                return r;
+            }
+        }
+        match tokio::time::timeout(IO_TIMEOUT, tls.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => out.extend_from_slice(&buf[..n]),
+            Ok(_) if !out.is_empty() => return parse_response(&out).expect("a response"),
+            other => panic!("{name}{path}: no response ({other:?})"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_headline_example_serves_as_it_says() {
+    let app = HttpOrigin::start("app").await;
+    let api = HttpOrigin::start("api").await;
+    let realtime = WsOrigin::start("realtime").await;
+    let tls_addr = proxy_addr();
+    let admin = proxy_addr();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let example = std::fs::read_to_string(root.join("conf/examples/edge.yaml")).unwrap();
+    let proxy = Proxy::start_file(|dir, addr| {
+        let mut text = example.clone();
+        let d = dir.display();
+        swap(&mut text, "0.0.0.0:80\n", &format!("'{addr}'\n"));
+        swap(&mut text, "0.0.0.0:443\n", &format!("'{tls_addr}'\n"));
+        swap(&mut text, "127.0.0.1:9900", &admin.to_string());
+        swap(
+            &mut text,
+            "/run/portico/portico.pid",
+            &format!("{d}/portico.pid"),
+        );
+        swap(
+            &mut text,
+            "/run/portico/upgrade.sock",
+            &format!("{d}/upgrade.sock"),
+        );
+        swap(
+            &mut text,
+            "[10.0.0.11:3000, 10.0.0.12:3000]",
+            &format!("['{}']", app.addr),
+        );
+        swap(
+            &mut text,
+            "[10.0.0.21:4000, 10.0.0.22:4000]",
+            &format!("['{}']", realtime.addr),
+        );
+        swap(
+            &mut text,
+            "[10.0.0.31:8000, {address: 10.0.0.32:8000, weight: 2}]",
+            &format!("['{}']", api.addr),
+        );
+        text
+    })
+    .await;
+    wait_listening(tls_addr).await;
+
+    // Plain HTTP: redirected to https before anything else, the WebSocket path too.
+    for path in ["/", "/ws/room?x=1"] {
+        let r = get(proxy.addr, path, &[("Host", "app.example.com")]).await;
+        assert_eq!(r.status, 301, "{path}");
+        assert_eq!(
+            r.header("location"),
+            Some(format!("https://app.example.com{path}").as_str())
+        );
+    }
+
+    // Each host over TLS with its own certificate, to its own upstream, with its headers.
+    let r = https(
+        tls_addr,
+        "app.example.com",
+        "/page",
+        "Connection: close\r\n",
+    )
+    .await;
+    assert_eq!((r.status, r.origin()), (200, "app".to_owned()));
+    assert_eq!(r.upstream_header("x-forwarded-proto"), ["https"]);
+    assert!(r.header("strict-transport-security").is_some());
+    let r = https(
+        tls_addr,
+        "api.example.com",
+        "/v1/items",
+        "Connection: close\r\n",
+    )
+    .await;
+    assert_eq!((r.status, r.origin()), (200, "api".to_owned()));
+    assert_eq!(r.header("server"), None);
+
+    // The WebSocket service: a token is needed, and then messages echo.
+    let r = https(tls_addr, "app.example.com", "/ws/room", "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n").await;
+    assert_eq!(r.status, 401);
+    assert!(
+        realtime.last_path.lock().unwrap().is_empty(),
+        "no upgrade reached the peer"
+    );
+    let tcp = connect(tls_addr, None).await;
+    let tls = demo_ca_client()
+        .connect(ServerName::try_from("app.example.com").unwrap(), tcp)
+        .await
+        .unwrap();
+    let token = std::fs::read_to_string(root.join("conf/examples/tokens.txt")).unwrap();
+    let token = token.lines().find(|l| !l.starts_with('#')).unwrap();
+    let mut req = http::Request::builder()
+        .uri("wss://app.example.com/ws/room")
+        .header("Host", "app.example.com")
+        .header("Authorization", format!("Bearer {token}"))
+        .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .header("Sec-WebSocket-Version", "13")
+        .header("Connection", "Upgrade")
+        .header("Upgrade", "websocket");
+    req = req.method("GET");
+    let (mut ws, resp) = tokio_tungstenite::client_async(req.body(()).unwrap(), tls)
+        .await
+        .expect("wss with the token");
+    assert_eq!(resp.status(), 101);
+    ws.send(Message::text("hello room")).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::text("hello room")
+    );
+
+    // The admin listener answers.
+    assert_eq!(get(admin, "/healthz", &[]).await.status, 200);
+}
