@@ -95,6 +95,10 @@ pub struct Entry<'a> {
     /// How a tunnel ended (`closed`, `idle_timeout`, `drained`, `io_error`).
     pub end: Option<&'a str>,
     pub error: Option<&'a str>,
+    /// What the route's filters left (`request_id=...`).
+    pub vars: Option<&'a crate::filters::Vars>,
+    /// The route's filters with a log phase.
+    pub loggers: Option<&'a [std::sync::Arc<dyn crate::filters::Filter>]>,
 }
 
 pub fn write(e: &Entry) {
@@ -112,7 +116,7 @@ pub fn write(e: &Entry) {
 fn text(e: &Entry) -> String {
     let peer = e.peer.map_or_else(|| "-".to_owned(), |p| p.to_string());
     format!(
-        "{} - - [{}] \"{} {} {:?}\" {} {} \"{}\" \"{}\" route={} upstream={} peer={} duration_ms={:.3} received={}{}{}{}\n",
+        "{} - - [{}] \"{} {} {:?}\" {} {} \"{}\" \"{}\" route={} upstream={} peer={} duration_ms={:.3} received={}{}{}{}{}\n",
         e.client,
         humantime::format_rfc3339_millis(SystemTime::now()),
         e.method,
@@ -130,7 +134,23 @@ fn text(e: &Entry) -> String {
         if e.upgraded { " upgraded" } else { "" },
         e.end.map(|x| format!(" end={x}")).unwrap_or_default(),
         e.error.map(|x| format!(" error={x}")).unwrap_or_default(),
+        text_vars(e.vars),
     )
+}
+
+/// ` key=value` for each filter value; quoted (with escapes) unless it is a plain word.
+fn text_vars(vars: Option<&crate::filters::Vars>) -> String {
+    let mut out = String::new();
+    for (k, v) in vars.into_iter().flat_map(|v| v.iter()) {
+        let plain = !v.is_empty()
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:/@+".contains(&b));
+        match plain {
+            true => out.push_str(&format!(" {k}={v}")),
+            false => out.push_str(&format!(" {k}={v:?}")),
+        }
+    }
+    out
 }
 
 fn json(e: &Entry) -> String {
@@ -152,8 +172,14 @@ fn json(e: &Entry) -> String {
         "upgraded": e.upgraded,
         "end": e.end,
         "error": e.error,
-    })
-    .to_string();
+    });
+    if let (Some(vars), Some(map)) = (e.vars, line.as_object_mut()) {
+        for (k, v) in vars.iter() {
+            // A filter's value never hides one of the line's own fields.
+            map.entry(k).or_insert_with(|| v.into());
+        }
+    }
+    let mut line = line.to_string();
     line.push('\n');
     line
 }
@@ -189,4 +215,21 @@ pub fn account(e: &Entry) {
         }
     }
     write(e);
+    if let Some(loggers) = e.loggers {
+        let empty = crate::filters::Vars::default();
+        crate::filters::log_all(
+            Some(loggers),
+            &crate::filters::Done {
+                route: e.route,
+                upstream: e.upstream,
+                client: e.client,
+                status: e.status,
+                duration: e.duration,
+                bytes_sent: e.bytes_sent as u64,
+                bytes_received: e.bytes_received as u64,
+                websocket: e.upgraded,
+                vars: e.vars.unwrap_or(&empty),
+            },
+        );
+    }
 }

@@ -36,12 +36,12 @@
 pub mod accesslog;
 pub mod admin;
 pub mod app;
-pub mod auth;
 pub mod checks;
 pub mod cli;
 pub mod config;
 pub mod conn;
 pub mod drain;
+pub mod filters;
 pub mod forward;
 pub mod handoff;
 pub mod headers;

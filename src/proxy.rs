@@ -55,10 +55,12 @@ impl ProxyHttp for Portico {
             ip: ctx.client_ip,
             tls: ctx.tls,
         };
-        let admission = admit(session.req_header(), &ctx.snapshot, client);
+        let snapshot = Arc::clone(&ctx.snapshot);
+        let admission = admit(session.req_header(), &snapshot, client).await;
         (ctx.view, ctx.route) = (admission.view, admission.route);
         ctx.upgrade = admission.upgrade != Upgrade::No;
         ctx.connection_slot = admission.slot;
+        (ctx.upstream, ctx.vars) = (admission.upstream, admission.vars);
         if let Some(answer) = admission.answer {
             if answer.close {
                 session.set_keepalive(None);
@@ -81,11 +83,11 @@ impl ProxyHttp for Portico {
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        let snapshot = Arc::clone(&ctx.snapshot);
-        let route = &snapshot.routes[ctx
-            .route
-            .expect("request_filter answered every unrouted request")];
-        let peer = forward::next_peer(ctx, &route.upstream)?;
+        let group = Arc::clone(
+            ctx.group()
+                .expect("request_filter answered every unrouted request"),
+        );
+        let peer = forward::next_peer(ctx, &group)?;
         let http_peer = Box::new(peer.template.clone());
         ctx.connect_started = Some(Instant::now());
         Ok(http_peer)
@@ -99,8 +101,8 @@ impl ProxyHttp for Portico {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
-        if let Some(route) = ctx.route() {
-            if ctx.attempts.connect_failed(&route.upstream) {
+        if let Some(group) = ctx.group().cloned() {
+            if ctx.attempts.connect_failed(&group) {
                 e.set_retry(true);
             }
         }
@@ -182,14 +184,17 @@ impl ProxyHttp for Portico {
         Ok(())
     }
 
+    /// The `response` phase of the route's filters (its response rules, CORS, request IDs).
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if let Some(route) = ctx.route() {
-            route.response_headers.apply(resp);
+            route
+                .chain
+                .response(resp, &ctx.exchange(session.req_header()));
         }
         Ok(())
     }
@@ -262,13 +267,15 @@ impl ProxyHttp for Portico {
             bytes_received: session.body_bytes_read(),
             duration: ctx.started.elapsed(),
             route: ctx.route_name(),
-            upstream: ctx.route().map_or("-", |r| r.upstream.name.as_str()),
+            upstream: ctx.group().map_or("-", |g| g.name.as_str()),
             peer: ctx.attempts.peer().map(|p| p.addr),
             referer: text(header::REFERER),
             user_agent: text(header::USER_AGENT),
             upgraded: false,
             end: None,
             error: e.map(|e| e.etype().as_str()),
+            vars: Some(&ctx.vars),
+            loggers: ctx.route().and_then(|r| r.chain.loggers()).map(|l| &**l),
         });
     }
 }
@@ -301,15 +308,23 @@ async fn reject(session: &mut Session, ctx: &RequestCtx, answer: &Answer) -> Res
             .with_label_values(&[route, "rejected"])
             .inc();
     }
-    let mut resp = ResponseHeader::build(answer.status, Some(4))?;
-    resp.insert_header(header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
+    let mut resp = ResponseHeader::build(answer.status, Some(4 + answer.headers.len()))?;
+    for (name, value) in &answer.headers {
+        resp.append_header(name.clone(), value.clone())?;
+    }
+    if !answer.body.is_empty() && !resp.headers.contains_key(header::CONTENT_TYPE) {
+        resp.insert_header(header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
+    }
     resp.insert_header(header::CONTENT_LENGTH, answer.body.len().to_string())?;
-    if let Some((name, value)) = &answer.header {
-        resp.insert_header(name.clone(), value.as_str())?;
+    // The route's response phase sees portico's own answers too (its header rules, CORS).
+    if let Some(route) = ctx.route() {
+        route
+            .chain
+            .response(&mut resp, &ctx.exchange(session.req_header()));
     }
     session.write_response_header(Box::new(resp), false).await?;
     session
-        .write_response_body(Some(Bytes::from_static(answer.body.as_bytes())), true)
+        .write_response_body(Some(answer.body.clone()), true)
         .await?;
     Ok(true)
 }

@@ -1,8 +1,8 @@
 //! The compiled, immutable runtime state built from one config file: routes, upstream groups,
 //! trusted proxies, listeners. Request code reads only this, through one `ArcSwap`.
 
-use crate::auth::BearerTokens;
 use crate::config::schema::{AccessLogSection, ServerSection};
+use crate::filters::Chain;
 use crate::config::{validate, ConfigErrors, Loaded};
 use crate::headers::{HeaderRules, TrustedProxies};
 use crate::limits::Limits;
@@ -11,7 +11,7 @@ use crate::routing::Router;
 use crate::tls::Certs;
 use crate::upstream::UpstreamGroup;
 use arc_swap::ArcSwap;
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -64,15 +64,14 @@ pub struct Route {
     pub path_prefix: String,
     pub upstream: Arc<UpstreamGroup>,
     pub websocket: WebSocketPolicy,
-    pub request_headers: HeaderRules,
-    pub response_headers: HeaderRules,
-    pub auth: Option<BearerTokens>,
-    pub limits: Option<Limits>,
+    /// Every policy of the route, in order (filters/).
+    pub chain: Chain,
     /// The name as a shared key (connection counts survive reloads by name).
     pub key: Arc<str>,
-    pub strip_prefix: bool,
-    pub redirect_https: bool,
-    /// Request bodies above this many bytes get 413.
+    /// The `rate_limit` filter's state, for the periodic forgetting of idle clients.
+    pub limits: Option<Arc<Limits>>,
+    /// Request bodies above this many bytes get 413 (the `max_body_size` filter checks a
+    /// declared length; a streamed body is counted against this).
     pub max_body_size: Option<u64>,
     pub metrics: RouteMetrics,
 }
@@ -217,23 +216,6 @@ impl Snapshot {
                 enabled: ws.is_none_or(|w| w.enabled),
                 idle_timeout,
             };
-            let request_headers = HeaderRules::build(
-                r.request_headers.as_ref(),
-                &format!("{path}.request_headers"),
-                &mut errs,
-            );
-            let response_headers = HeaderRules::build(
-                r.response_headers.as_ref(),
-                &format!("{path}.response_headers"),
-                &mut errs,
-            );
-            let auth = r.auth.as_ref().and_then(|a| {
-                BearerTokens::load(
-                    &a.bearer_tokens_file,
-                    &format!("{path}.auth.bearer_tokens_file"),
-                    &mut errs,
-                )
-            });
             if let Some(rl) = &r.rate_limit {
                 let p = format!("{path}.rate_limit");
                 for (key, v) in [
@@ -246,6 +228,17 @@ impl Snapshot {
                     }
                 }
             }
+            let key: Arc<str> = Arc::from(name.as_str());
+            let limits = r.rate_limit.as_ref().map(|rl| Arc::new(Limits::new(rl)));
+            let chain = route_chain(
+                r,
+                &path,
+                (&key, limits.as_ref()),
+                prefix.as_deref(),
+                &websocket,
+                &cfg.upstreams,
+                &mut errs,
+            );
             if errs.0.len() > before {
                 continue;
             }
@@ -265,19 +258,15 @@ impl Snapshot {
             router.add(host.as_deref(), &prefix, routes.len());
             routes.push(Route {
                 metrics: RouteMetrics::new(&name, &upstream.name),
-                key: Arc::from(name.as_str()),
-                limits: r.rate_limit.as_ref().map(Limits::new),
+                key,
+                limits,
                 name,
                 host,
                 path_prefix: prefix,
                 upstream,
                 websocket,
-                request_headers,
-                response_headers,
-                auth,
-                strip_prefix: r.strip_prefix,
+                chain,
                 max_body_size: r.max_body_size.map(|s| s.0),
-                redirect_https: r.redirect_https,
             });
         }
 
@@ -358,4 +347,72 @@ impl Snapshot {
             })
             .map(|(_, g)| g)
     }
+}
+
+/// A route's filters in the documented order (docs/filters.md): in the request phase
+/// `redirect_https`, `max_body_size`, the WebSocket gate, `rate_limit`, the listed `filters`,
+/// `auth`; for the peer's request `strip_prefix`, `request_headers`, then the listed filters';
+/// for the response `response_headers`, then the listed filters'.
+fn route_chain(
+    r: &crate::config::schema::RouteSection,
+    path: &str,
+    (key, limits): (&Arc<str>, Option<&Arc<Limits>>),
+    prefix: Option<&str>,
+    websocket: &WebSocketPolicy,
+    groups: &BTreeMap<String, crate::config::schema::UpstreamSection>,
+    errs: &mut ConfigErrors,
+) -> Chain {
+    use crate::filters::*;
+    let mut chain: Vec<Arc<dyn Filter>> = Vec::new();
+    if r.redirect_https {
+        chain.push(Arc::new(redirect_https::RedirectHttps));
+    }
+    if let Some(max) = r.max_body_size {
+        chain.push(Arc::new(max_body_size::MaxBodySize(max.0)));
+    }
+    if !websocket.enabled {
+        chain.push(Arc::new(websocket::WebSocketGate));
+    }
+    if let Some(limits) = limits {
+        chain.push(Arc::new(rate_limit::RateLimit {
+            limits: Arc::clone(limits),
+            key: Arc::clone(key),
+        }));
+    }
+    if let (true, Some(prefix)) = (r.strip_prefix, prefix) {
+        chain.push(Arc::new(strip_prefix::StripPrefix(prefix.to_owned())));
+    }
+    if r.request_headers.is_some() {
+        let at = format!("{path}.request_headers");
+        let rules = HeaderRules::build(r.request_headers.as_ref(), &at, errs);
+        chain.push(Arc::new(request_headers::RequestHeaders(rules)));
+    }
+    if r.response_headers.is_some() {
+        let at = format!("{path}.response_headers");
+        let rules = HeaderRules::build(r.response_headers.as_ref(), &at, errs);
+        chain.push(Arc::new(response_headers::ResponseHeaders(rules)));
+    }
+    let registry = registry();
+    for (j, entry) in r.filters.iter().enumerate() {
+        let at = format!("{path}.filters[{j}].{}", entry.name);
+        let Some(factory) = registry.get(&entry.name) else {
+            let known: Vec<&str> = registry.names().collect();
+            errs.push(
+                format!("{path}.filters[{j}]"),
+                format!("unknown filter {:?}; the filters are: {}", entry.name, known.join(", ")),
+            );
+            continue;
+        };
+        let mut build = Build { path: at, errs: &mut *errs, groups };
+        if let Some(filter) = factory(&entry.settings, &mut build) {
+            chain.push(filter);
+        }
+    }
+    if let Some(a) = &r.auth {
+        let at = format!("{path}.auth.bearer_tokens_file");
+        if let Some(tokens) = auth::BearerTokens::load(&a.bearer_tokens_file, &at, errs) {
+            chain.push(Arc::new(tokens));
+        }
+    }
+    Chain::new(&chain)
 }

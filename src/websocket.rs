@@ -2,7 +2,7 @@
 //! read the peer's answer, then either tunnel (101) or relay the refusal with HTTP semantics
 //! and close, so an origin that answers 200 can never open a raw channel ("smuggling").
 
-use crate::headers::{tokens, HeaderRules};
+use crate::headers::tokens;
 use bytes::{BufMut, Bytes, BytesMut};
 use http::header;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -15,10 +15,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const MAX_HEAD: usize = 64 * 1024;
 
 /// What a request's `Upgrade` says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Upgrade {
     /// No upgrade, or an upgrade to something other than WebSocket: plain HTTP (Pingora does
     /// not forward other upgrades), with every route rule applied as to any request.
+    #[default]
     No,
     /// A well-formed RFC 6455 opening handshake.
     WebSocket,
@@ -225,7 +226,7 @@ pub async fn relay_refusal(
     client: &mut Stream,
     peer: &mut Stream,
     answer: Answer,
-    rules: &HeaderRules,
+    edit: impl FnOnce(&mut ResponseHeader),
     read_timeout: Duration,
     relayed: &mut u64,
 ) -> io::Result<()> {
@@ -274,7 +275,7 @@ pub async fn relay_refusal(
         let _ = head.insert_header(header::CONTENT_LENGTH, "0");
     }
     let _ = head.insert_header(header::CONNECTION, "close");
-    rules.apply(&mut head);
+    edit(&mut head);
     let mut out = BytesMut::with_capacity(1024);
     let reason = head.status.canonical_reason().unwrap_or("");
     out.put_slice(format!("HTTP/1.1 {} {reason}\r\n", head.status.as_u16()).as_bytes());

@@ -15,11 +15,16 @@ use std::collections::HashMap;
 /// Parses a file that serde refused: every error, and the config with the bad values taken out
 /// when it can be repaired (for the semantic checks).
 pub fn every_error(text: &str) -> (Option<FileConfig>, ConfigErrors) {
-    let mut tree: Value = match serde_yaml::from_str(text) {
-        Ok(tree) => tree,
+    match serde_yaml::from_str(text) {
+        Ok(tree) => every_error_in(tree),
         // Not YAML at all: serde_yaml's message names the line and column.
-        Err(e) => return (None, ConfigErrors::from_yaml(&e)),
-    };
+        Err(e) => (None, ConfigErrors::from_yaml(&e)),
+    }
+}
+
+/// The same for any serde type (a filter's settings), from its YAML tree; paths are relative
+/// to the tree.
+pub fn every_error_in<T: serde::de::DeserializeOwned>(mut tree: Value) -> (Option<T>, ConfigErrors) {
     let mut errs = ConfigErrors::default();
     let mut stand_ins: HashMap<String, usize> = HashMap::new();
     // Each round fixes one value; a file has far fewer bad values than this.

@@ -264,6 +264,30 @@ pub struct RouteSection {
     pub redirect_https: bool,
     #[serde(default)]
     pub strip_prefix: bool,
+    /// The route's own filters, in order, each a one-key map: the filter's name to its
+    /// settings (docs/filters.md).
+    #[serde(default)]
+    pub filters: Vec<FilterEntry>,
+}
+
+/// One item of `routes[].filters`: `- cors: {allow_origins: [...]}`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FilterEntry {
+    pub name: String,
+    pub settings: serde_yaml::Value,
+}
+
+impl<'de> Deserialize<'de> for FilterEntry {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let map = BTreeMap::<String, serde_yaml::Value>::deserialize(d)?;
+        let mut items = map.into_iter();
+        match (items.next(), items.next()) {
+            (Some((name, settings)), None) => Ok(FilterEntry { name, settings }),
+            _ => Err(de::Error::custom(
+                "a filter is a map of one key, its name to its settings: `- cors: {...}`",
+            )),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

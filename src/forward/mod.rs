@@ -36,6 +36,7 @@ const WATCH_CLIENT_AFTER: Duration = Duration::from_millis(100);
 /// the `upstream_request_filter` hook does for Pingora's loop, the own loop and upgrades.
 pub(crate) fn rewrite(session: &Session, req: &mut RequestHeader, ctx: &RequestCtx) -> Result<()> {
     let peer = peer_ip(session);
+    let exchange = ctx.exchange(session.req_header());
     let forwarded = Forwarded {
         peer,
         peer_trusted: ctx.snapshot.trusted.contains(peer),
@@ -43,7 +44,7 @@ pub(crate) fn rewrite(session: &Session, req: &mut RequestHeader, ctx: &RequestC
         tls: ctx.tls,
         host: ctx.view.authority.as_ref(),
     };
-    request::rewrite(req, &ctx.view, ctx.route().expect("routed"), &forwarded)
+    request::rewrite(req, ctx.route().expect("routed"), &exchange, &forwarded)
 }
 
 /// A request portico forwards with its own loop ([`plain`]): HTTP/1 from the client, no body,
@@ -88,9 +89,8 @@ pub(crate) async fn plain<P: Hooks>(
     session: &mut Session,
     ctx: &mut RequestCtx,
 ) -> Result<bool> {
-    let snapshot = Arc::clone(&ctx.snapshot);
-    let route = &snapshot.routes[ctx.route.expect("routed")];
-    let group = &route.upstream;
+    let group = Arc::clone(ctx.group().expect("routed"));
+    let group = &group;
     let mut req = Some(upstream_head(proxy, session, ctx).await?);
 
     let mut peer = next_peer(ctx, group)?;

@@ -36,7 +36,7 @@ pub(crate) async fn websocket(
 ) -> Result<bool> {
     let snapshot = Arc::clone(&ctx.snapshot);
     let route = &snapshot.routes[ctx.route.expect("routed")];
-    let group = &route.upstream;
+    let group = &Arc::clone(ctx.group().expect("routed"));
     let request = websocket::upstream_request(session.req_header(), |req| {
         super::rewrite(session, req, ctx)
     })?;
@@ -142,6 +142,8 @@ pub(crate) async fn websocket(
             route: Arc::clone(&route.key),
             group: Arc::clone(group),
             started: ctx.started,
+            loggers: route.chain.loggers().cloned(),
+            vars: (!ctx.vars.is_empty()).then(|| Box::new(std::mem::take(&mut ctx.vars))),
             _held: (
                 ctx.attempts.take_guard(),
                 ws_open,
@@ -163,17 +165,19 @@ pub(crate) async fn websocket(
             answer.status
         });
         // The client's pipelined bytes (if any) go with its connection: never to this peer.
+        let mut sent = 0;
         let relayed = websocket::relay_refusal(
             &mut client,
             &mut upstream,
             answer,
-            &route.response_headers,
+            |head| route.chain.response(head, &ctx.exchange(session.req_header())),
             timeout,
-            &mut ctx.ws_bytes_sent,
+            &mut sent,
         );
         if let Err(e) = relayed.await {
             log::debug!("relaying a refused upgrade from {}: {e}", peer.addr);
         }
+        ctx.ws_bytes_sent = sent;
     }
     Ok(true)
 }
@@ -233,6 +237,10 @@ pin_project_lite::pin_project! {
         route: Arc<str>,
         group: Arc<UpstreamGroup>,
         started: Instant,
+        // The route's filters with a log phase, and what the filters left (boxed: most
+        // routes have none, and a tunnel lives long).
+        loggers: Option<Arc<[Arc<dyn crate::filters::Filter>]>>,
+        vars: Option<Box<crate::filters::Vars>>,
         _held: (
             Option<InflightGuard>,
             GaugeGuard,
@@ -269,6 +277,8 @@ impl Future for TunnelJob {
             upgraded: true,
             end: Some(outcome.end.as_str()),
             error: None,
+            vars: this.vars.as_deref(),
+            loggers: this.loggers.as_deref(),
         });
         Poll::Ready(())
     }

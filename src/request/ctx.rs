@@ -3,10 +3,13 @@
 //! at peers, and the guards that count it.
 
 use super::View;
+use crate::filters::{Client, Exchange, Vars};
 use crate::limits::ConnectionSlot;
 use crate::metrics::METRICS;
 use crate::snapshot::{Route, Snapshot};
 use crate::upstream::attempts::Attempts;
+use crate::upstream::UpstreamGroup;
+use pingora::http::RequestHeader;
 use pingora::proxy::Session;
 use prometheus::IntGauge;
 use std::net::{IpAddr, Ipv4Addr};
@@ -41,6 +44,10 @@ pub struct RequestCtx {
     pub(crate) connection_slot: Option<ConnectionSlot>,
     /// The canonical host and path every policy judges (set before routing).
     pub(crate) view: View,
+    /// The upstream group a filter chose instead of the route's.
+    pub(crate) upstream: Option<Arc<UpstreamGroup>>,
+    /// What the route's filters left for later phases and the access log.
+    pub(crate) vars: Vars,
 }
 
 impl RequestCtx {
@@ -63,6 +70,29 @@ impl RequestCtx {
             ws_bytes_sent: 0,
             connection_slot: None,
             view: View::default(),
+            upstream: None,
+            vars: Vars::default(),
+        }
+    }
+
+    /// The upstream group the request goes to: a filter's choice, else the route's.
+    pub(crate) fn group(&self) -> Option<&Arc<UpstreamGroup>> {
+        self.upstream
+            .as_ref()
+            .or_else(|| self.route().map(|r| &r.upstream))
+    }
+
+    /// What the `upstream_request` and `response` phases of the chain see.
+    pub(crate) fn exchange<'a>(&'a self, request: &'a RequestHeader) -> Exchange<'a> {
+        Exchange {
+            request,
+            view: &self.view,
+            client: Client {
+                ip: self.client_ip,
+                tls: self.tls,
+            },
+            route: self.route_name(),
+            vars: &self.vars,
         }
     }
 

@@ -6,6 +6,7 @@ pub mod admit;
 pub mod ctx;
 pub mod view;
 
+use crate::filters::Exchange;
 use crate::headers::{self, Forwarded};
 use crate::routing::Router;
 use crate::snapshot::Route;
@@ -31,24 +32,25 @@ pub fn route(router: &Router, view: &View) -> Result<Option<usize>, Refusal> {
 }
 
 /// The request a peer gets, from the client's: X-Forwarded-*, the target the canonical view
-/// stands for (with the route's strip_prefix; origin-form with the authority as `Host` for an
-/// absolute-form one), then the route's header rules. The one rewrite for Pingora's loop,
-/// portico's own and WebSocket upgrades (and the `request` fuzz target).
+/// stands for (origin-form with the authority as `Host` for an absolute-form one), then the
+/// `upstream_request` phase of the route's filters (strip_prefix, the route's header rules, the
+/// listed filters). The one rewrite for Pingora's loop, portico's own and WebSocket upgrades
+/// (and the `request` fuzz target).
 pub fn rewrite(
     req: &mut RequestHeader,
-    view: &View,
     route: &Route,
+    exchange: &Exchange<'_>,
     forwarded: &Forwarded,
 ) -> pingora::Result<()> {
     headers::apply_forwarded(req, forwarded);
-    let strip = route.strip_prefix.then_some(route.path_prefix.as_str());
-    if let Some(target) = view.target(strip) {
+    let view = exchange.view;
+    if let Some(target) = view.target(None) {
         req.set_raw_path(target.as_bytes())
             .or_err(InternalError, "the canonical request target")?;
     }
     if let (true, Some(authority)) = (view.absolute_form, &view.authority) {
         req.insert_header(http::header::HOST, authority.clone())?;
     }
-    route.request_headers.apply(req);
+    route.chain.upstream_request(req, exchange);
     Ok(())
 }

@@ -1,7 +1,11 @@
-//! Bearer-token authentication: the tokens file and a constant-time check of `Authorization`.
+//! `auth.bearer_tokens_file`: a request or upgrade without `Authorization: Bearer <listed
+//! token>` gets 401 with `WWW-Authenticate: Bearer`, before any peer is contacted. The tokens
+//! are compared in constant time and never logged. It runs after the listed filters (a CORS
+//! preflight carries no credentials).
 
+use super::{Answer, Filter, Flow, Phases, Request};
 use crate::config::ConfigErrors;
-use http::HeaderValue;
+use http::{header, HeaderValue};
 
 /// The tokens of one `auth.bearer_tokens_file`: one token a line, `#` comments and blank
 /// lines ignored. Tokens are never logged.
@@ -56,6 +60,22 @@ impl BearerTokens {
         self.0
             .iter()
             .fold(false, |found, t| found | constant_time_eq(t, presented))
+    }
+}
+
+impl Filter for BearerTokens {
+    fn phases(&self) -> Phases {
+        Phases::REQUEST
+    }
+
+    fn request(&self, req: &mut Request<'_>) -> Flow {
+        match self.allows(req.head.headers.get(header::AUTHORIZATION)) {
+            true => Flow::Continue,
+            false => Flow::Respond(
+                Answer::new("auth", 401, "missing or invalid bearer token\n")
+                    .with_header(header::WWW_AUTHENTICATE, "Bearer realm=\"portico\""),
+            ),
+        }
     }
 }
 
