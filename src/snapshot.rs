@@ -2,8 +2,8 @@
 //! trusted proxies, listeners. Request code reads only this, through one `ArcSwap`.
 
 use crate::config::schema::{AccessLogSection, ServerSection};
-use crate::filters::Chain;
 use crate::config::{validate, ConfigErrors, Loaded};
+use crate::filters::Chain;
 use crate::headers::{HeaderRules, TrustedProxies};
 use crate::limits::Limits;
 use crate::metrics::RouteMetrics;
@@ -395,15 +395,30 @@ fn route_chain(
     let registry = registry();
     for (j, entry) in r.filters.iter().enumerate() {
         let at = format!("{path}.filters[{j}].{}", entry.name);
+        if entry.name.is_empty() {
+            errs.push(
+                format!("{path}.filters[{j}]"),
+                "a filter is its name, or a map of one key, the name to its settings: `- cors: {...}`",
+            );
+            continue;
+        }
         let Some(factory) = registry.get(&entry.name) else {
             let known: Vec<&str> = registry.names().collect();
             errs.push(
                 format!("{path}.filters[{j}]"),
-                format!("unknown filter {:?}; the filters are: {}", entry.name, known.join(", ")),
+                format!(
+                    "unknown filter {:?}; the filters are: {}",
+                    entry.name,
+                    known.join(", ")
+                ),
             );
             continue;
         };
-        let mut build = Build { path: at, errs: &mut *errs, groups };
+        let mut build = Build {
+            path: at,
+            errs: &mut *errs,
+            groups,
+        };
         if let Some(filter) = factory(&entry.settings, &mut build) {
             chain.push(filter);
         }

@@ -24,7 +24,9 @@ pub fn every_error(text: &str) -> (Option<FileConfig>, ConfigErrors) {
 
 /// The same for any serde type (a filter's settings), from its YAML tree; paths are relative
 /// to the tree.
-pub fn every_error_in<T: serde::de::DeserializeOwned>(mut tree: Value) -> (Option<T>, ConfigErrors) {
+pub fn every_error_in<T: serde::de::DeserializeOwned>(
+    mut tree: Value,
+) -> (Option<T>, ConfigErrors) {
     let mut errs = ConfigErrors::default();
     let mut stand_ins: HashMap<String, usize> = HashMap::new();
     // Each round fixes one value; a file has far fewer bad values than this.

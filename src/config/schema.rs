@@ -270,7 +270,9 @@ pub struct RouteSection {
     pub filters: Vec<FilterEntry>,
 }
 
-/// One item of `routes[].filters`: `- cors: {allow_origins: [...]}`.
+/// One item of `routes[].filters`: `- cors: {allow_origins: [...]}`, or just the name for a
+/// filter without settings (`- request_id`). Anything else keeps an empty name, for the
+/// compiler to report with its path (so one bad item does not hide the file's other errors).
 #[derive(Debug, Clone, PartialEq)]
 pub struct FilterEntry {
     pub name: String,
@@ -279,14 +281,28 @@ pub struct FilterEntry {
 
 impl<'de> Deserialize<'de> for FilterEntry {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let map = BTreeMap::<String, serde_yaml::Value>::deserialize(d)?;
-        let mut items = map.into_iter();
-        match (items.next(), items.next()) {
-            (Some((name, settings)), None) => Ok(FilterEntry { name, settings }),
-            _ => Err(de::Error::custom(
-                "a filter is a map of one key, its name to its settings: `- cors: {...}`",
-            )),
-        }
+        use serde_yaml::Value;
+        let entry = match Value::deserialize(d)? {
+            Value::String(name) => FilterEntry {
+                name,
+                settings: Value::Null,
+            },
+            Value::Mapping(map) if map.len() == 1 => {
+                let (key, settings) = map.into_iter().next().expect("one key");
+                match key {
+                    Value::String(name) => FilterEntry { name, settings },
+                    other => FilterEntry {
+                        name: String::new(),
+                        settings: other,
+                    },
+                }
+            }
+            other => FilterEntry {
+                name: String::new(),
+                settings: other,
+            },
+        };
+        Ok(entry)
     }
 }
 

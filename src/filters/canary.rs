@@ -37,14 +37,21 @@ pub fn factory(settings: &serde_yaml::Value, build: &mut Build<'_>) -> Option<Ar
     let s: Settings = build.settings(settings)?;
     let mut ok = true;
     if !build.has_upstream(&s.upstream) {
-        build.error(Some("upstream"), format!("unknown upstream {:?}", s.upstream));
+        build.error(
+            Some("upstream"),
+            format!("unknown upstream {:?}", s.upstream),
+        );
         ok = false;
     }
     if s.weight > 100 {
         build.error(Some("weight"), "a percentage: 0 to 100");
         ok = false;
     }
-    let header = match s.header.as_deref().map(|h| HeaderName::from_bytes(h.as_bytes())) {
+    let header = match s
+        .header
+        .as_deref()
+        .map(|h| HeaderName::from_bytes(h.as_bytes()))
+    {
         Some(Err(_)) => {
             build.error(Some("header"), "invalid header name");
             ok = false;
@@ -128,7 +135,10 @@ mod tests {
             .map(|i| IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i * 7919)))
             .collect();
         let under_10 = ips.iter().filter(|ip| bucket(**ip) < 10).count();
-        assert!((50..=150).contains(&under_10), "{under_10} of 1000 under 10%");
+        assert!(
+            (50..=150).contains(&under_10),
+            "{under_10} of 1000 under 10%"
+        );
         assert_eq!(bucket(ips[3]), bucket(ips[3]));
     }
 }

@@ -51,7 +51,10 @@ pub fn factory(settings: &serde_yaml::Value, build: &mut Build<'_>) -> Option<Ar
     let mut ok = true;
     let any = s.allow_origins.iter().any(|o| o == "*");
     if s.allow_origins.is_empty() {
-        build.error(Some("allow_origins"), "needs at least one origin (or \"*\")");
+        build.error(
+            Some("allow_origins"),
+            "needs at least one origin (or \"*\")",
+        );
         ok = false;
     }
     if any && s.allow_credentials {
@@ -110,7 +113,12 @@ pub fn factory(settings: &serde_yaml::Value, build: &mut Build<'_>) -> Option<Ar
         None => None,
     };
     Some(Arc::new(Cors {
-        origins: (!any).then(|| s.allow_origins.iter().map(|o| o.to_ascii_lowercase()).collect()),
+        origins: (!any).then(|| {
+            s.allow_origins
+                .iter()
+                .map(|o| o.to_ascii_lowercase())
+                .collect()
+        }),
         methods,
         headers,
         expose,
@@ -127,7 +135,9 @@ impl Cors {
             None => Some(origin),
             Some(list) => {
                 let o = origin.to_str().ok()?;
-                list.iter().any(|a| a.eq_ignore_ascii_case(o)).then_some(origin)
+                list.iter()
+                    .any(|a| a.eq_ignore_ascii_case(o))
+                    .then_some(origin)
             }
         }
     }
@@ -154,6 +164,8 @@ impl Filter for Cors {
         if !preflight {
             return Flow::Continue;
         }
+        // The answer below is whole: the response phase leaves it as it is.
+        req.vars.set("cors", "preflight");
         let Some(origin) = self.allowed(h.get(header::ORIGIN)) else {
             return Flow::Respond(
                 Answer::new("cors", 403, "origin not allowed\n")
@@ -162,26 +174,37 @@ impl Filter for Cors {
         };
         let mut answer = Answer::new("cors_preflight", 204, "");
         let mut add = |name, value: HeaderValue| answer.headers.push((name, value));
-        add(header::ACCESS_CONTROL_ALLOW_ORIGIN, self.allow_origin(origin));
+        add(
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            self.allow_origin(origin),
+        );
         add(header::ACCESS_CONTROL_ALLOW_METHODS, self.methods.clone());
         let asked = h.get(header::ACCESS_CONTROL_REQUEST_HEADERS);
         if let Some(allowed) = self.headers.as_ref().or(asked) {
             add(header::ACCESS_CONTROL_ALLOW_HEADERS, allowed.clone());
         }
         if self.credentials {
-            add(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, HeaderValue::from_static("true"));
+            add(
+                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            );
         }
         if let Some(age) = &self.max_age {
             add(header::ACCESS_CONTROL_MAX_AGE, age.clone());
         }
         add(
             header::VARY,
-            HeaderValue::from_static("Origin, Access-Control-Request-Method, Access-Control-Request-Headers"),
+            HeaderValue::from_static(
+                "Origin, Access-Control-Request-Method, Access-Control-Request-Headers",
+            ),
         );
         Flow::Respond(answer)
     }
 
     fn response(&self, resp: &mut ResponseHeader, cx: &Exchange<'_>) {
+        if cx.vars.get("cors") == Some("preflight") {
+            return;
+        }
         for name in [
             header::ACCESS_CONTROL_ALLOW_ORIGIN,
             header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
@@ -198,7 +221,10 @@ impl Filter for Cors {
         let Some(origin) = self.allowed(cx.request.headers.get(header::ORIGIN)) else {
             return;
         };
-        let _ = resp.insert_header(header::ACCESS_CONTROL_ALLOW_ORIGIN, self.allow_origin(origin));
+        let _ = resp.insert_header(
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            self.allow_origin(origin),
+        );
         if self.credentials {
             let _ = resp.insert_header(header::ACCESS_CONTROL_ALLOW_CREDENTIALS, "true");
         }

@@ -39,7 +39,9 @@ pub fn factory(settings: &serde_yaml::Value, build: &mut Build<'_>) -> Option<Ar
         let nets: Vec<IpNet> = list
             .iter()
             .enumerate()
-            .filter_map(|(i, c)| validate::cidr(build.errs, &format!("{}.{key}[{i}]", build.path), c))
+            .filter_map(|(i, c)| {
+                validate::cidr(build.errs, &format!("{}.{key}[{i}]", build.path), c)
+            })
             .collect();
         (build.errs.0.len() == before).then_some(nets)
     };

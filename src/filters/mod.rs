@@ -324,7 +324,10 @@ pub struct Build<'a> {
 impl Build<'_> {
     /// The settings as `T` (a serde type: `#[serde(deny_unknown_fields)]` makes a typo an
     /// error), or `None` with every problem reported under the filter's path.
-    pub fn settings<T: serde::de::DeserializeOwned>(&mut self, value: &serde_yaml::Value) -> Option<T> {
+    pub fn settings<T: serde::de::DeserializeOwned>(
+        &mut self,
+        value: &serde_yaml::Value,
+    ) -> Option<T> {
         let value = match value {
             // `- request_id:` with nothing after it: no settings.
             serde_yaml::Value::Null => serde_yaml::Value::Mapping(Default::default()),
@@ -381,7 +384,10 @@ impl Registry {
 
     pub fn add<F>(&mut self, name: &str, factory: F)
     where
-        F: Fn(&serde_yaml::Value, &mut Build<'_>) -> Option<Arc<dyn Filter>> + Send + Sync + 'static,
+        F: Fn(&serde_yaml::Value, &mut Build<'_>) -> Option<Arc<dyn Filter>>
+            + Send
+            + Sync
+            + 'static,
     {
         self.0.insert(name.to_owned(), Arc::new(factory));
     }

@@ -170,7 +170,11 @@ pub(crate) async fn websocket(
             &mut client,
             &mut upstream,
             answer,
-            |head| route.chain.response(head, &ctx.exchange(session.req_header())),
+            |head| {
+                route
+                    .chain
+                    .response(head, &ctx.exchange(session.req_header()))
+            },
             timeout,
             &mut sent,
         );

@@ -7,8 +7,8 @@
 
 use super::{route, Refusal, View};
 use crate::checks;
-use crate::filters::{Flow, Request, Vars};
 pub use crate::filters::{Answer, Client};
+use crate::filters::{Flow, Request, Vars};
 use crate::limits::ConnectionSlot;
 use crate::snapshot::Snapshot;
 use crate::upstream::UpstreamGroup;

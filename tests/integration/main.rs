@@ -8,6 +8,7 @@ mod balancing;
 mod canonical;
 mod config_check;
 mod examples;
+mod filters;
 mod forwarding;
 mod headers;
 mod hostile;
