@@ -20,8 +20,10 @@ run: build
 	trap 'kill $$origins 2>/dev/null' EXIT INT TERM; \
 	$(PORTICO) -c conf/portico.yaml
 
-## test: every test (unit and integration: the real binary against real servers on loopback)
+## test: every test (unit and integration: the real binary against real servers on loopback;
+## the examples are built first: a test runs examples/custom_filter)
 test: deps
+	cargo build --examples
 	cargo test --tests
 
 fmt:

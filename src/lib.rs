@@ -36,6 +36,7 @@
 pub mod accesslog;
 pub mod admin;
 pub mod app;
+pub mod builder;
 pub mod checks;
 pub mod cli;
 pub mod config;
@@ -57,3 +58,4 @@ pub mod tls;
 pub mod tunnel;
 pub mod upstream;
 pub mod websocket;
+pub use builder::Builder;

@@ -176,3 +176,74 @@ async fn the_headline_example_serves_as_it_says() {
     // The admin listener answers.
     assert_eq!(get(admin, "/healthz", &[]).await.status, 200);
 }
+
+/// examples/custom_filter.rs, a binary of its own built on `portico::Builder`: its `tenant`
+/// filter routes by header, configured in the same YAML, with its settings checked by `-t`.
+#[tokio::test]
+async fn the_custom_filter_example_is_portico_plus_its_own_filter() {
+    let bin = Path::new(BIN)
+        .with_file_name("examples")
+        .join("custom_filter");
+    assert!(
+        bin.exists(),
+        "{} is missing: `make test` builds it (cargo build --examples)",
+        bin.display()
+    );
+    let (shared, acme) = (
+        HttpOrigin::start("shared").await,
+        HttpOrigin::start("acme").await,
+    );
+    let body = format!(
+        "upstreams:\n  shared: {{peers: ['{}']}}\n  tenant-acme: {{peers: ['{}']}}\nroutes:\n  - upstream: shared\n    filters:\n      - request_id\n      - tenant: {{header: X-Tenant}}\n",
+        shared.addr, acme.addr
+    );
+    let proxy = Proxy::start_with_binary(&bin, &body).await;
+    let to = |tenant: Option<&'static str>| {
+        let addr = proxy.addr;
+        async move {
+            let headers: Vec<(&str, &str)> = tenant.map(|t| ("X-Tenant", t)).into_iter().collect();
+            get(addr, "/orders", &headers).await
+        }
+    };
+    assert_eq!(to(Some("acme")).await.origin(), "acme");
+    assert_eq!(to(None).await.origin(), "shared");
+    // What a client tries: a tenant that does not exist, a name that would reach another group.
+    for bad in ["globex", "../shared", "ACME", "acme x"] {
+        let r = to(Some(bad)).await;
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (404, "unknown tenant\n"),
+            "{bad}"
+        );
+    }
+    // The built-in filters are there too, and the tenant is in the access log.
+    assert!(to(Some("acme")).await.header("x-request-id").is_some());
+    proxy.wait_for_log("tenant=acme").await;
+
+    // Its settings are validated like any filter's, with their YAML path.
+    let bad = proxy.dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        format!(
+            "listeners: [{{address: '127.0.0.1:1'}}]\nupstreams:\n  shared: {{peers: ['{}']}}\nroutes:\n  - upstream: shared\n    filters:\n      - tenant: {{heder: X-Tenant}}\n",
+            shared.addr
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(&bin)
+        .args(["-t", "-c", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(
+        err.contains(
+            "line 7: routes[0].filters[0].tenant.heder: unknown key; did you mean `header`?"
+        ),
+        "{err}"
+    );
+    // The portico binary does not know the filter.
+    let (code, _, err) = run_cli(&["-t", "-c", proxy.conf.to_str().unwrap()]);
+    assert_eq!(code, 64);
+    assert!(err.contains("unknown filter \"tenant\""), "{err}");
+}

@@ -57,14 +57,30 @@ impl Proxy {
         Self::start_made("", make).await
     }
 
+    /// [`Proxy::start`] with another binary built on portico (examples/custom_filter.rs).
+    pub async fn start_with_binary(bin: &Path, body: &str) -> Proxy {
+        Self::start_as(bin, "", |dir, addr| {
+            config_text(dir, addr, "grace_period: 1s", body)
+        })
+        .await
+    }
+
     /// `server`: the file's `server` keys in flow style, for [`Proxy::rewrite`].
     async fn start_made(server: &str, make: impl Fn(&Path, SocketAddr) -> String) -> Proxy {
+        Self::start_as(Path::new(BIN), server, make).await
+    }
+
+    async fn start_as(
+        bin: &Path,
+        server: &str,
+        make: impl Fn(&Path, SocketAddr) -> String,
+    ) -> Proxy {
         for _ in 0..3 {
             let dir = tempfile::tempdir().unwrap();
             let addr = proxy_addr();
             let conf = dir.path().join("portico.yaml");
             std::fs::write(&conf, make(dir.path(), addr)).unwrap();
-            match Self::spawn(dir, conf, addr, server).await {
+            match Self::spawn(bin, dir, conf, addr, server).await {
                 Ok(p) => return p,
                 Err(log) if log.contains("Address already in use") => continue,
                 Err(log) => panic!("portico did not start:\n{log}"),
@@ -74,6 +90,7 @@ impl Proxy {
     }
 
     async fn spawn(
+        bin: &Path,
         dir: tempfile::TempDir,
         conf: PathBuf,
         addr: SocketAddr,
@@ -81,7 +98,7 @@ impl Proxy {
     ) -> Result<Proxy, String> {
         let log = dir.path().join("portico.log");
         let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(BIN)
+        let child = Command::new(bin)
             .arg("-c")
             .arg(&conf)
             .env("RUST_LOG", "info")
