@@ -28,7 +28,7 @@ async fn request_id_is_kept_or_made_and_seen_by_peer_client_and_log() {
         .expect("an id in the response")
         .to_owned();
     assert_eq!(id.len(), 36, "{id}");
-    assert_eq!(r.upstream_header("x-request-id"), [id.clone()]);
+    assert_eq!(r.upstream_header("x-request-id"), std::slice::from_ref(&id));
     proxy.wait_for_log(&format!("request_id={id}")).await;
     // A valid one is kept through every hop.
     let r = get(proxy.addr, "/", &[("X-Request-Id", "lb-7f3a:01")]).await;
