@@ -60,7 +60,7 @@ impl ProxyHttp for Portico {
         (ctx.view, ctx.route) = (admission.view, admission.route);
         ctx.upgrade = admission.upgrade != Upgrade::No;
         ctx.connection_slot = admission.slot;
-        (ctx.upstream, ctx.vars) = (admission.upstream, admission.vars);
+        (ctx.upstream, ctx.vars, ctx.ext) = (admission.upstream, admission.vars, admission.ext);
         if let Some(answer) = admission.answer {
             if answer.close {
                 session.set_keepalive(None);

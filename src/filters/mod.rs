@@ -21,6 +21,7 @@ pub mod auth;
 pub mod canary;
 pub mod cors;
 pub mod ip_access;
+pub mod jwt;
 pub mod max_body_size;
 pub mod rate_limit;
 pub mod redirect_https;
@@ -168,6 +169,8 @@ pub struct Request<'a> {
     /// The route's name.
     pub route: &'a str,
     pub vars: &'a mut Vars,
+    /// Typed values a filter keeps for its own later phases (keyed by the filter's own types).
+    pub ext: &'a mut http::Extensions,
     pub(crate) groups: &'a HashMap<String, Arc<UpstreamGroup>>,
     pub(crate) upstream: &'a mut Option<Arc<UpstreamGroup>>,
     /// An upgrade's place under the route's per-client `max_connections`.
@@ -201,6 +204,7 @@ pub struct Exchange<'a> {
     pub client: Client,
     pub route: &'a str,
     pub vars: &'a Vars,
+    pub ext: &'a http::Extensions,
 }
 
 /// A finished request, for the `log` phase.
@@ -379,6 +383,7 @@ impl Registry {
         r.add("cors", cors::factory);
         r.add("ip_access", ip_access::factory);
         r.add("canary", canary::factory);
+        r.add("jwt", jwt::factory);
         r
     }
 

@@ -30,6 +30,8 @@ pub struct Admission {
     pub upstream: Option<Arc<UpstreamGroup>>,
     /// What the filters left for later phases and the access log.
     pub vars: Vars,
+    /// What the filters keep for their own later phases.
+    pub ext: http::Extensions,
     /// `Some`: answer this and stop; `None`: admitted, to be proxied.
     pub answer: Option<Answer>,
 }
@@ -65,6 +67,7 @@ async fn decide(
         valid_upgrade: a.upgrade == Upgrade::WebSocket,
         route: &route.name,
         vars: &mut a.vars,
+        ext: &mut a.ext,
         groups: &snapshot.upstreams,
         upstream: &mut a.upstream,
         slot: &mut a.slot,

@@ -48,6 +48,8 @@ pub struct RequestCtx {
     pub(crate) upstream: Option<Arc<UpstreamGroup>>,
     /// What the route's filters left for later phases and the access log.
     pub(crate) vars: Vars,
+    /// What the route's filters keep for their own later phases.
+    pub(crate) ext: http::Extensions,
 }
 
 impl RequestCtx {
@@ -72,6 +74,7 @@ impl RequestCtx {
             view: View::default(),
             upstream: None,
             vars: Vars::default(),
+            ext: http::Extensions::new(),
         }
     }
 
@@ -93,6 +96,7 @@ impl RequestCtx {
             },
             route: self.route_name(),
             vars: &self.vars,
+            ext: &self.ext,
         }
     }
 

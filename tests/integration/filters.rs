@@ -275,3 +275,276 @@ async fn filter_settings_reload_under_load_and_a_bad_one_is_refused() {
         .header("x-trace-c")
         .is_some());
 }
+
+mod jwt {
+    use super::*;
+    use crate::origins::WsOrigin;
+    use jsonwebtoken::jwk::{Jwk, JwkSet};
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+    use serde_json::json;
+
+    /// The three kinds of key the issue names, a JWKS of their public halves, and tokens.
+    struct Keys {
+        hs: EncodingKey,
+        rs: EncodingKey,
+        es: EncodingKey,
+        jwks: std::path::PathBuf,
+        _dir: tempfile::TempDir,
+    }
+
+    fn keys() -> Keys {
+        let dir = tempfile::tempdir().unwrap();
+        let hs = EncodingKey::from_secret(b"a shared secret of thirty-two b!").unwrap();
+        let rs_pem = std::fs::read(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/jwt/rsa-test-key.pem"),
+        )
+        .unwrap();
+        let rs = EncodingKey::from_rsa_pem(&rs_pem).unwrap();
+        let ec = rcgen::KeyPair::generate().unwrap(); // ECDSA P-256
+        let es = EncodingKey::from_ec_pem(ec.serialize_pem().as_bytes()).unwrap();
+        let mut set = JwkSet { keys: Vec::new() };
+        for (kid, key, alg) in [
+            ("hs", &hs, Algorithm::HS256),
+            ("rs", &rs, Algorithm::RS256),
+            ("es", &es, Algorithm::ES256),
+        ] {
+            let mut jwk = Jwk::from_encoding_key(key, alg).unwrap();
+            jwk.common.key_id = Some(kid.into());
+            set.keys.push(jwk);
+        }
+        let jwks = dir.path().join("jwks.json");
+        std::fs::write(&jwks, serde_json::to_string(&set).unwrap()).unwrap();
+        Keys {
+            hs,
+            rs,
+            es,
+            jwks,
+            _dir: dir,
+        }
+    }
+
+    fn now() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    fn token(key: &EncodingKey, alg: Algorithm, kid: &str, claims: serde_json::Value) -> String {
+        let mut header = Header::new(alg);
+        header.kid = Some(kid.into());
+        encode(&header, &claims, key).unwrap()
+    }
+
+    /// `{"alg":"none"}`: a token without a signature.
+    fn unsigned(claims: serde_json::Value) -> String {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        format!(
+            "{}.{}.",
+            b64.encode(r#"{"alg":"none","kid":"hs"}"#),
+            b64.encode(claims.to_string())
+        )
+    }
+
+    fn good(extra: serde_json::Value) -> serde_json::Value {
+        let mut c = json!({"iss": "https://id.example.com", "aud": "chat", "sub": "user-42", "exp": now() + 600});
+        for (k, v) in extra.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        c
+    }
+
+    #[tokio::test]
+    async fn jwt_checks_signature_time_issuer_audience_before_any_peer() {
+        let k = keys();
+        let origin = HttpOrigin::start("app").await;
+        let ws = WsOrigin::start("ws").await;
+        let proxy = Proxy::start(&format!(
+            "upstreams:\n  app: {{peers: ['{}']}}\n  ws: {{peers: ['{}']}}\nroutes:\n  - path_prefix: /ws/\n    upstream: ws\n    filters: [{{jwt: {{jwks_file: '{jwks}', issuer: https://id.example.com, audience: chat, query_param: access_token, claims_to_headers: {{sub: X-User-Id}}}}}}]\n  - upstream: app\n    filters: [{{jwt: {{jwks_file: '{jwks}', issuer: https://id.example.com, audience: chat, claims_to_headers: {{sub: X-User-Id, role: X-Role}}}}}}]\n",
+            origin.addr,
+            ws.addr,
+            jwks = k.jwks.display()
+        ))
+        .await;
+        let bearer = |t: &str| format!("Bearer {t}");
+        // Each kind of key, its claims copied to the peer; a forged X-User-Id is dropped.
+        for (key, alg, kid) in [
+            (&k.hs, Algorithm::HS256, "hs"),
+            (&k.rs, Algorithm::RS256, "rs"),
+            (&k.es, Algorithm::ES256, "es"),
+        ] {
+            let t = token(key, alg, kid, good(json!({"role": "admin"})));
+            let r = get(
+                proxy.addr,
+                "/",
+                &[("Authorization", &bearer(&t)), ("X-User-Id", "root")],
+            )
+            .await;
+            assert_eq!(r.status, 200, "{kid}: {}", r.text());
+            assert_eq!(r.upstream_header("x-user-id"), ["user-42"], "{kid}");
+            assert_eq!(r.upstream_header("x-role"), ["admin"]);
+        }
+        proxy.wait_for_log("jwt_sub=user-42").await;
+        // What a client tries; each is 401 and reaches no peer.
+        let hits = origin.hits();
+        let past = now() - 3600;
+        let forged_hs = EncodingKey::from_secret(b"not the secret at all, attacker!").unwrap();
+        let cases: Vec<(&str, Option<String>)> = vec![
+            ("no token", None),
+            (
+                "expired",
+                Some(token(
+                    &k.es,
+                    Algorithm::ES256,
+                    "es",
+                    good(json!({"exp": past})),
+                )),
+            ),
+            (
+                "not yet valid",
+                Some(token(
+                    &k.es,
+                    Algorithm::ES256,
+                    "es",
+                    good(json!({"nbf": now() + 3600})),
+                )),
+            ),
+            (
+                "no exp",
+                Some(token(
+                    &k.es,
+                    Algorithm::ES256,
+                    "es",
+                    json!({"iss": "https://id.example.com", "aud": "chat"}),
+                )),
+            ),
+            (
+                "other issuer",
+                Some(token(
+                    &k.rs,
+                    Algorithm::RS256,
+                    "rs",
+                    good(json!({"iss": "https://evil.example"})),
+                )),
+            ),
+            (
+                "other audience",
+                Some(token(
+                    &k.rs,
+                    Algorithm::RS256,
+                    "rs",
+                    good(json!({"aud": "billing"})),
+                )),
+            ),
+            (
+                "wrong secret",
+                Some(token(&forged_hs, Algorithm::HS256, "hs", good(json!({})))),
+            ),
+            // The RSA public key used as an HMAC secret (algorithm confusion).
+            (
+                "alg confusion",
+                Some(token(
+                    &EncodingKey::from_secret(&std::fs::read(&k.jwks).unwrap()).unwrap(),
+                    Algorithm::HS256,
+                    "rs",
+                    good(json!({})),
+                )),
+            ),
+            ("alg none", Some(unsigned(good(json!({}))))),
+            (
+                "signature cut",
+                Some(format!(
+                    "{}.",
+                    token(&k.hs, Algorithm::HS256, "hs", good(json!({})))
+                        .rsplit_once('.')
+                        .unwrap()
+                        .0
+                )),
+            ),
+            ("garbage", Some("not.a.jwt".into())),
+        ];
+        for (what, t) in &cases {
+            let headers: Vec<(&str, String)> =
+                t.iter().map(|t| ("Authorization", bearer(t))).collect();
+            let headers: Vec<(&str, &str)> =
+                headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            let r = get(proxy.addr, "/", &headers).await;
+            assert_eq!(r.status, 401, "{what}");
+            assert!(
+                r.header("www-authenticate").unwrap().starts_with("Bearer"),
+                "{what}"
+            );
+        }
+        assert_eq!(origin.hits(), hits, "a refused token reached the peer");
+
+        // A browser WebSocket: the token in the query, never seen by the peer.
+        let t = token(&k.es, Algorithm::ES256, "es", good(json!({})));
+        let (mut socket, resp) =
+            ws_connect(proxy.addr, &format!("/ws/room?x=1&access_token={t}"), &[])
+                .await
+                .expect("upgrade with the token");
+        assert_eq!(resp.status(), 101);
+        use futures_util::{SinkExt, StreamExt};
+        socket
+            .send(tokio_tungstenite::tungstenite::Message::text("hi"))
+            .await
+            .unwrap();
+        assert_eq!(
+            socket.next().await.unwrap().unwrap().into_text().unwrap(),
+            "hi"
+        );
+        assert_eq!(*ws.last_path.lock().unwrap(), "/ws/room?x=1");
+        let seen = ws.last_request.lock().unwrap().clone();
+        assert!(
+            seen.iter()
+                .any(|(k, v)| k.eq_ignore_ascii_case("x-user-id") && v == "user-42"),
+            "{seen:?}"
+        );
+        // Without it, or with a bad one: 401 before the peer.
+        *ws.last_path.lock().unwrap() = String::new();
+        for path in ["/ws/room", "/ws/room?access_token=nope"] {
+            let e = ws_connect(proxy.addr, path, &[])
+                .await
+                .expect_err("refused");
+            match e {
+                tokio_tungstenite::tungstenite::Error::Http(r) => {
+                    assert_eq!(r.status(), 401, "{path}")
+                }
+                other => panic!("{path}: {other}"),
+            }
+        }
+        assert!(
+            ws.last_path.lock().unwrap().is_empty(),
+            "a refused upgrade reached the peer"
+        );
+    }
+
+    #[test]
+    fn a_bad_jwks_file_is_a_config_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let jwks = dir.path().join("jwks.json");
+        std::fs::write(&jwks, "{\"keys\": 5}").unwrap();
+        let conf = dir.path().join("p.yaml");
+        std::fs::write(
+            &conf,
+            format!(
+                "listeners: [{{address: '127.0.0.1:1'}}]\nupstreams:\n  app: {{peers: ['127.0.0.1:2']}}\nroutes:\n  - upstream: app\n    filters:\n      - jwt: {{jwks_file: '{}'}}\n      - jwt: {{jwks_file: /nonexistent/jwks.json, claims_to_headers: {{sub: 'Bad Header'}}}}\n",
+                jwks.display()
+            ),
+        )
+        .unwrap();
+        let (code, _, err) = run_cli(&["-t", "-c", conf.to_str().unwrap()]);
+        assert_eq!(code, 64, "{err}");
+        assert!(
+            err.contains("routes[0].filters[0].jwt.jwks_file: ") && err.contains("is not a JWKS"),
+            "{err}"
+        );
+        assert!(
+            err.contains("routes[0].filters[1].jwt.claims_to_headers.sub: invalid header name"),
+            "{err}"
+        );
+        assert!(err.contains("routes[0].filters[1].jwt.jwks_file: cannot read /nonexistent/jwks.json: No such file or directory"), "{err}");
+    }
+}

@@ -78,6 +78,7 @@ fuzz_target!(|input: (u8, &[u8])| {
         client,
         route: &route.name,
         vars,
+        ext: &admission.ext,
     };
     let forwarded = Forwarded {
         peer,
