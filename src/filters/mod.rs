@@ -20,6 +20,7 @@
 pub mod auth;
 pub mod canary;
 pub mod cors;
+pub mod forward_auth;
 pub mod ip_access;
 pub mod jwt;
 pub mod max_body_size;
@@ -384,6 +385,7 @@ impl Registry {
         r.add("ip_access", ip_access::factory);
         r.add("canary", canary::factory);
         r.add("jwt", jwt::factory);
+        r.add("forward_auth", forward_auth::factory);
         r
     }
 

@@ -548,3 +548,122 @@ mod jwt {
         assert!(err.contains("routes[0].filters[1].jwt.jwks_file: cannot read /nonexistent/jwks.json: No such file or directory"), "{err}");
     }
 }
+
+mod forward_auth {
+    use super::*;
+    use crate::origins::WsOrigin;
+    use std::sync::{Arc, Mutex};
+
+    /// An auth service on loopback: it answers by the request's `Authorization` (`ok`: 200
+    /// with `X-User-Id: alice`; `login`: 302; `slow`: after 3 s; else 401), keeps connections
+    /// alive, and records what it was asked.
+    async fn auth_service() -> (
+        std::net::SocketAddr,
+        Arc<std::sync::atomic::AtomicUsize>,
+        Arc<Mutex<Vec<String>>>,
+    ) {
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::clone(&asked);
+        let (addr, accepted) = scripted(move |mut s| {
+            let log = Arc::clone(&log);
+            async move {
+                while let Some(head) = read_head(&mut s).await {
+                    let head = String::from_utf8_lossy(&head).into_owned();
+                    log.lock().unwrap().push(head.clone());
+                    let lower = head.to_ascii_lowercase();
+                    let auth = lower
+                        .lines()
+                        .find_map(|l| l.strip_prefix("authorization: bearer "))
+                        .unwrap_or("")
+                        .trim()
+                        .to_owned();
+                    let resp = match auth.as_str() {
+                        "ok" => "HTTP/1.1 200 OK\r\nX-User-Id: alice\r\nX-Other: no\r\nContent-Length: 0\r\n\r\n".to_owned(),
+                        "login" => "HTTP/1.1 302 Found\r\nLocation: https://login.example/\r\nContent-Length: 0\r\n\r\n".to_owned(),
+                        "slow" => {
+                            tokio::time::sleep(Duration::from_secs(3)).await;
+                            "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".to_owned()
+                        }
+                        _ => "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"auth\"\r\nContent-Type: text/plain\r\nContent-Length: 7\r\n\r\ndenied\n".to_owned(),
+                    };
+                    if s.write_all(resp.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        })
+        .await;
+        (addr, accepted, asked)
+    }
+
+    #[tokio::test]
+    async fn forward_auth_lets_2xx_on_returns_the_rest_and_fails_closed() {
+        let (auth, accepted, asked) = auth_service().await;
+        let origin = HttpOrigin::start("app").await;
+        let ws = WsOrigin::start("ws").await;
+        let dead = free_addr();
+        let proxy = Proxy::start(&format!(
+            "upstreams:\n  app: {{peers: ['{}']}}\n  ws: {{peers: ['{}']}}\nroutes:\n  - path_prefix: /dead/\n    upstream: app\n    filters: [{{forward_auth: {{url: 'http://{dead}/check'}}}}]\n  - path_prefix: /ws/\n    upstream: ws\n    filters: [{{forward_auth: {{url: 'http://{auth}/check', copy_headers: [X-User-Id]}}}}]\n  - upstream: app\n    filters: [{{forward_auth: {{url: 'http://{auth}/check?app=1', copy_headers: [X-User-Id], timeout: 1s}}}}]\n",
+            origin.addr, ws.addr
+        ))
+        .await;
+        let with = |token: &'static str| [("Authorization", token), ("X-User-Id", "root")];
+        // 2xx: on to the peer, with the service's X-User-Id only (the client's is dropped).
+        for _ in 0..5 {
+            let r = get(proxy.addr, "/orders?id=7", &with("Bearer ok")).await;
+            assert_eq!(r.status, 200, "{}", r.text());
+            assert_eq!(r.upstream_header("x-user-id"), ["alice"]);
+            assert!(r.upstream_header("x-other").is_empty());
+        }
+        assert_eq!(
+            accepted.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "the connection to the service is reused"
+        );
+        let first = asked.lock().unwrap()[0].to_ascii_lowercase();
+        for want in [
+            "get /check?app=1 http/1.1",
+            "x-forwarded-method: get",
+            "x-forwarded-uri: /orders?id=7",
+            "x-forwarded-for: 127.0.0.1",
+            "authorization: bearer ok",
+        ] {
+            assert!(first.contains(want), "{want} not in:\n{first}");
+        }
+        let hits = origin.hits();
+        // Anything else is the client's answer, as the service gave it.
+        let r = get(proxy.addr, "/orders", &with("Bearer bad")).await;
+        assert_eq!((r.status, r.text().as_str()), (401, "denied\n"));
+        assert_eq!(r.header("www-authenticate"), Some("Bearer realm=\"auth\""));
+        let r = get(proxy.addr, "/orders", &with("Bearer login")).await;
+        assert_eq!(
+            (r.status, r.header("location")),
+            (302, Some("https://login.example/"))
+        );
+        // Too slow, or dead: 503, never let through.
+        let r = get(proxy.addr, "/orders", &with("Bearer slow")).await;
+        assert_eq!(r.status, 503);
+        let r = get(proxy.addr, "/dead/x", &with("Bearer ok")).await;
+        assert_eq!(r.status, 503);
+        assert_eq!(origin.hits(), hits, "a refused request reached the peer");
+        // An upgrade is asked about before any peer.
+        let e = ws_connect(proxy.addr, "/ws/", &[("Authorization", "Bearer bad")])
+            .await
+            .expect_err("refused");
+        assert!(
+            matches!(e, tokio_tungstenite::tungstenite::Error::Http(ref r) if r.status() == 401),
+            "{e}"
+        );
+        assert!(ws.last_path.lock().unwrap().is_empty());
+        let (_socket, resp) = ws_connect(proxy.addr, "/ws/", &[("Authorization", "Bearer ok")])
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 101);
+        let seen = ws.last_request.lock().unwrap().clone();
+        assert!(
+            seen.iter()
+                .any(|(k, v)| k.eq_ignore_ascii_case("x-user-id") && v == "alice"),
+            "{seen:?}"
+        );
+    }
+}
