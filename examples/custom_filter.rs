@@ -1,7 +1,8 @@
 //! A binary of your own: portico plus a filter of yours, configured in the same YAML file
 //! (docs/filters.md). This one routes by tenant: a request with `X-Tenant: acme` goes to the
 //! upstream group `tenant-acme`; an unknown tenant gets 404 before any peer is contacted; a
-//! request without the header stays on the route's group.
+//! request without the header stays on the route's group. Each tenant's finished requests
+//! (and WebSockets, when they close) are logged.
 //!
 //! ```yaml
 //! upstreams:
@@ -15,7 +16,7 @@
 //!
 //!     cargo run --example custom_filter -- -c my.yaml      # every portico flag works
 
-use portico::filters::{Answer, Build, Filter, Flow, Phases, Request};
+use portico::filters::{Answer, Build, Done, Filter, Flow, Phases, Request};
 use serde::Deserialize;
 use std::sync::Arc;
 
@@ -38,7 +39,7 @@ struct Tenant {
 
 impl Filter for Tenant {
     fn phases(&self) -> Phases {
-        Phases::REQUEST
+        Phases::REQUEST | Phases::LOG
     }
 
     fn request(&self, req: &mut Request<'_>) -> Flow {
@@ -57,6 +58,22 @@ impl Filter for Tenant {
         }
         req.vars.set("tenant", name);
         Flow::Continue
+    }
+
+    fn log(&self, done: &Done<'_>) {
+        let Some(tenant) = done.vars.get("tenant") else {
+            return;
+        };
+        let what = match done.websocket {
+            true => "websocket closed",
+            false => "request",
+        };
+        log::info!(
+            "tenant {tenant}: {what}, status {}, {} bytes out, {} ms",
+            done.status,
+            done.bytes_sent,
+            done.duration.as_millis()
+        );
     }
 }
 

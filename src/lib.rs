@@ -1,7 +1,8 @@
 //! portico: a programmable edge proxy on Pingora, for WebSocket services and the HTTP beside them.
 //!
 //! # Layout, in the order a request meets it
-//! - [`cli`] and `main.rs`: the command line; `-t` validates, a bad file exits 64.
+//! - [`builder`] (`portico::Builder`) and `main.rs`: the binary as a library, with a program's
+//!   own filters; [`cli`]: the command line; `-t` validates, a bad file exits 64.
 //! - [`config`]: the YAML file format ([`config::schema`]) and value checks with YAML paths.
 //! - [`snapshot`]: the file compiled into immutable runtime state, published through one
 //!   `ArcSwap`; [`reload`] builds a new one on SIGHUP and swaps it in.
@@ -14,8 +15,9 @@
 //!   1. `request_filter`: the client IP through trusted proxies ([`headers`]), then
 //!      [`request::admit`], every decision that needs no peer: hostile framing ([`checks`]),
 //!      the canonical view of host and path ([`request::view`]) and its route ([`routing`]),
-//!      the route's redirect, body limit, WebSocket gate, rate limit ([`limits`]) and auth
-//!      ([`auth`]), answered by portico itself; a plain request is then forwarded by portico's
+//!      the request phase of the route's [`filters`] chain (its redirect, body limit,
+//!      WebSocket gate, rate limit ([`limits`]), listed filters and auth, each a
+//!      [`filters::Filter`]), answered by portico itself; a plain request is then forwarded by portico's
 //!      own loop ([`forward::plain`]), a valid WebSocket upgrade taken over ([`forward::upgrade`],
 //!      [`websocket`]:
 //!      handshake with a peer, then [`tunnel`]), anything else left to Pingora's loop;
@@ -23,10 +25,12 @@
 //!      every retry decision, for both loops and upgrades); `fail_to_connect` and
 //!      `error_while_proxy` ask it whether to retry;
 //!   3. `upstream_request_filter`: [`request::rewrite`], the one rewrite for every path
-//!      (X-Forwarded-*, the canonical target, strip_prefix, the route's header rules);
+//!      (X-Forwarded-*, the canonical target, then the chain's `upstream_request` phase:
+//!      strip_prefix, the route's header rules, the listed filters');
 //!   4. `upstream_response_filter` (a 101 nobody asked for is a 502), `response_filter` (the
-//!      route's response rules, interim answers too);
-//!   5. `logging`: one access-log line (for an upgrade, when the tunnel closes).
+//!      chain's `response` phase, interim answers and portico's own answers too);
+//!   5. `logging`: one access-log line, then the chain's `log` phase (for an upgrade, when the
+//!      tunnel closes).
 //! - [`upstream::health`]: one background service running every group's active checks.
 //! - [`admin`]: `/metrics` ([`metrics`]), `/healthz`, `/status`; [`accesslog`]: the access log
 //!   on a writer thread of its own; [`drain`]: 1001 closes at the end of the grace period,

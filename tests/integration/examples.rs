@@ -193,9 +193,10 @@ async fn the_custom_filter_example_is_portico_plus_its_own_filter() {
         HttpOrigin::start("shared").await,
         HttpOrigin::start("acme").await,
     );
+    let acme_ws = WsOrigin::start("acme-ws").await;
     let body = format!(
-        "upstreams:\n  shared: {{peers: ['{}']}}\n  tenant-acme: {{peers: ['{}']}}\nroutes:\n  - upstream: shared\n    filters:\n      - request_id\n      - tenant: {{header: X-Tenant}}\n",
-        shared.addr, acme.addr
+        "upstreams:\n  shared: {{peers: ['{}']}}\n  tenant-acme: {{peers: ['{}']}}\n  tenant-acme-ws: {{peers: ['{}']}}\nroutes:\n  - path_prefix: /ws/\n    upstream: shared\n    filters: [tenant: {{header: X-Tenant}}]\n  - upstream: shared\n    filters:\n      - request_id\n      - tenant: {{header: X-Tenant}}\n",
+        shared.addr, acme.addr, acme_ws.addr
     );
     let proxy = Proxy::start_with_binary(&bin, &body).await;
     let to = |tenant: Option<&'static str>| {
@@ -219,6 +220,18 @@ async fn the_custom_filter_example_is_portico_plus_its_own_filter() {
     // The built-in filters are there too, and the tenant is in the access log.
     assert!(to(Some("acme")).await.header("x-request-id").is_some());
     proxy.wait_for_log("tenant=acme").await;
+    // Its log phase: after each request, and for a WebSocket when it closes.
+    proxy.wait_for_log("tenant acme: request, status 200").await;
+    let (mut ws, _) = ws_connect(proxy.addr, "/ws/", &[("X-Tenant", "acme-ws")])
+        .await
+        .unwrap();
+    ws.send(Message::text("hi")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("hi"));
+    assert!(!proxy.logs().contains("tenant acme-ws: websocket closed"));
+    ws.close(None).await.unwrap();
+    proxy
+        .wait_for_log("tenant acme-ws: websocket closed, status 101")
+        .await;
 
     // Its settings are validated like any filter's, with their YAML path.
     let bad = proxy.dir.path().join("bad.yaml");
