@@ -257,7 +257,7 @@ impl ProxyHttp for Portico {
             client: ctx.client_ip,
             method: req.method.as_str(),
             uri: &req.uri,
-            metrics: ctx.route().map(|r| &r.metrics),
+            metrics: ctx.route_metrics(),
             version: req.version,
             status,
             bytes_sent: match ctx.ws_status {

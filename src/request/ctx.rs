@@ -103,22 +103,42 @@ impl RequestCtx {
     /// A connection to the peer is ready (new or pooled): the connect time is observed.
     pub(crate) fn mark_connected(&mut self) {
         let now = Instant::now();
-        if let (Some(route), Some(started)) = (self.route(), self.connect_started) {
-            route
-                .metrics
-                .upstream_connect
-                .observe(now.duration_since(started).as_secs_f64());
+        if let Some(started) = self.connect_started {
+            let seconds = now.duration_since(started).as_secs_f64();
+            match (self.route_metrics(), self.group()) {
+                (Some(m), _) => m.upstream_connect.observe(seconds),
+                (None, Some(g)) => METRICS
+                    .upstream_connect_duration
+                    .with_label_values(&[g.name.as_str()])
+                    .observe(seconds),
+                _ => {}
+            }
         }
         self.connected = Some(now);
     }
 
     /// The peer's response head arrived: the time since connecting is observed.
     pub(crate) fn mark_answered(&self) {
-        if let (Some(route), Some(connected)) = (self.route(), self.connected) {
-            route
-                .metrics
-                .upstream_response
-                .observe(connected.elapsed().as_secs_f64());
+        if let Some(connected) = self.connected {
+            let seconds = connected.elapsed().as_secs_f64();
+            match (self.route_metrics(), self.group()) {
+                (Some(m), _) => m.upstream_response.observe(seconds),
+                (None, Some(g)) => METRICS
+                    .upstream_response_duration
+                    .with_label_values(&[g.name.as_str()])
+                    .observe(seconds),
+                _ => {}
+            }
+        }
+    }
+
+    /// The route's series, resolved when the configuration was compiled; `None` when there is
+    /// no route, or a filter sent the request to another group (then the series are looked up
+    /// by the group's name).
+    pub(crate) fn route_metrics(&self) -> Option<&crate::metrics::RouteMetrics> {
+        match self.upstream {
+            Some(_) => None,
+            None => self.route().map(|r| &r.metrics),
         }
     }
 

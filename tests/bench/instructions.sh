@@ -4,8 +4,11 @@
 # within ~0.1%, so small differences show. The kernel's part (the same syscalls for every arm)
 # is not counted. Loopback only, bounded in time (3 s warm-up, 8 s measured per arm).
 #
-#   tests/bench/instructions.sh ARM...       an arm is BINARY or 'BINARY@server keys'
+#   tests/bench/instructions.sh ARM...       an arm is BINARY, 'BINARY@server keys' or
+#                                            'BINARY@server keys@route keys' (flow style)
 #   e.g. tests/bench/instructions.sh 'target/release/portico@fast_path: false' target/release/portico
+#        tests/bench/instructions.sh 'target/release/portico@@filters: [request_id]'
+#   WRK_HEADER='Authorization: Bearer ...' adds a header to every request (a token for jwt).
 #
 # Each arm: an nginx origin, the binary under callgrind (one worker, no access log), wrk with 8
 # connections; counters zeroed after the warm-up and dumped after the measured run.
@@ -15,7 +18,8 @@ port=18181; origin=3111
 . "$(dirname "$0")/origin.sh"
 start_origin "$d" $origin
 for arm in "$@"; do
-  bin=${arm%%@*}; extra=""; [[ $arm == *@* ]] && extra=${arm#*@}
+  bin=${arm%%@*}; extra=""; route=""; [[ $arm == *@* ]] && extra=${arm#*@}
+  [[ $extra == *@* ]] && { route=", ${extra#*@}"; extra=${extra%%@*}; }
   cat > "$d/p.yaml" <<Y
 server: {threads: 1, pid_file: $d/p.pid, upgrade_sock: $d/p.sock, $extra}
 listeners: [{address: '127.0.0.1:$port'}]
@@ -23,13 +27,14 @@ access_log: {format: off}
 upstreams:
   web: {peers: ['127.0.0.1:$origin']}
 routes:
-  - {path_prefix: /, upstream: web}
+  - {path_prefix: /, upstream: web$route}
 Y
   valgrind --tool=callgrind --callgrind-out-file="$d/cg.%p.out" "$bin" -c "$d/p.yaml" >"$d/log" 2>&1 & vp=$!
   for _ in $(seq 200); do (echo >/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
-  wrk -t1 -c8 -d3s "http://127.0.0.1:$port/" >/dev/null
+  hdr=(); [[ -n ${WRK_HEADER:-} ]] && hdr=(-H "$WRK_HEADER")
+  wrk -t1 -c8 -d3s "${hdr[@]}" "http://127.0.0.1:$port/" >/dev/null
   callgrind_control --zero $vp >/dev/null 2>&1
-  n=$(wrk -t1 -c8 -d8s "http://127.0.0.1:$port/" | awk '/requests in/{print $1}')
+  n=$(wrk -t1 -c8 -d8s "${hdr[@]}" "http://127.0.0.1:$port/" | awk '/requests in/{print $1}')
   callgrind_control --dump=measured $vp >/dev/null 2>&1
   kill -INT $vp; wait $vp 2>/dev/null || true
   f=$(ls -t "$d"/cg.$vp.out.* | head -1)

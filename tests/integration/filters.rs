@@ -203,9 +203,10 @@ async fn canary_sends_a_sticky_share_of_clients_or_whom_a_cookie_or_header_names
         HttpOrigin::start("stable").await,
         HttpOrigin::start("v2").await,
     );
+    let admin = proxy_addr();
     let body = |weight: u8| {
         format!(
-            "upstreams:\n  app: {{peers: ['{}']}}\n  app-v2: {{peers: ['{}']}}\nroutes:\n  - upstream: app\n    filters:\n      - canary: {{upstream: app-v2, weight: {weight}, cookie: canary, header: X-Canary}}\n",
+            "admin: {{address: '{admin}'}}\nupstreams:\n  app: {{peers: ['{}']}}\n  app-v2: {{peers: ['{}']}}\nroutes:\n  - upstream: app\n    filters:\n      - canary: {{upstream: app-v2, weight: {weight}, cookie: canary, header: X-Canary}}\n",
             stable.addr, v2.addr
         )
     };
@@ -234,8 +235,21 @@ async fn canary_sends_a_sticky_share_of_clients_or_whom_a_cookie_or_header_names
         assert_eq!(to(("Cookie", "a=1; canary=always")).await, "v2");
         assert_eq!(to(("Cookie", "canary=never")).await, "stable");
     }
-    // The access log names the group that served.
+    // The access log and the metrics name the group that served.
     proxy.wait_for_log("upstream=app-v2").await;
+    let metrics = get(admin, "/metrics", &[]).await.text();
+    for group in ["app", "app-v2"] {
+        let series = format!(
+            "portico_requests_total{{class=\"2xx\",route=\"route0\",upstream=\"{group}\"}} "
+        );
+        let n: u64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series.as_str()))
+            .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
+            .parse()
+            .unwrap();
+        assert!(n >= 20, "{series}{n}");
+    }
 }
 
 /// Filter settings are rebuilt on SIGHUP while requests flow; a bad one refuses the reload
