@@ -7,11 +7,9 @@ use crate::origins::{HttpOrigin, WsOrigin};
 use crate::tls::wait_listening;
 use futures_util::{SinkExt, StreamExt};
 use std::path::Path;
-use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::rustls::pki_types::pem::PemObject;
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
-use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 use tokio_rustls::TlsConnector;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -23,17 +21,8 @@ fn swap(text: &mut String, from: &str, to: &str) {
 /// A client trusting the examples' demo CA only.
 fn demo_ca_client() -> TlsConnector {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let mut roots = RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(root.join("conf/examples/certs/ca.pem")).unwrap() {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-    let config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    TlsConnector::from(Arc::new(config))
+    let ca = CertificateDer::pem_file_iter(root.join("conf/examples/certs/ca.pem")).unwrap();
+    crate::tls::client_trusting(ca.map(Result::unwrap), &[])
 }
 
 /// One request over TLS to `name` (SNI and Host): the handshake verifies that the certificate

@@ -70,18 +70,27 @@ impl TestPki {
 
     /// The same, offering these ALPN protocols (`b"h2"` for HTTP/2).
     pub fn connector_alpn(&self, alpn: &[&[u8]]) -> TlsConnector {
-        let mut roots = RootCertStore::empty();
-        roots.add(self.ca_der.clone()).unwrap();
-        let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-        let config = ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let mut config = config;
-        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        TlsConnector::from(Arc::new(config))
+        client_trusting([self.ca_der.clone()], alpn)
     }
+}
+
+/// A TLS client that trusts these CA certificates only, offering these ALPN protocols.
+pub fn client_trusting(
+    cas: impl IntoIterator<Item = CertificateDer<'static>>,
+    alpn: &[&[u8]],
+) -> TlsConnector {
+    let mut roots = RootCertStore::empty();
+    for ca in cas {
+        roots.add(ca).unwrap();
+    }
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    TlsConnector::from(Arc::new(config))
 }
 
 async fn tls_proxy(pki: &TestPki, upstreams_and_routes: &str) -> Proxy {
