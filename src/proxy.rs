@@ -61,6 +61,15 @@ impl ProxyHttp for Portico {
         ctx.upgrade = admission.upgrade != Upgrade::No;
         ctx.connection_slot = admission.slot;
         (ctx.upstream, ctx.vars, ctx.ext) = (admission.upstream, admission.vars, admission.ext);
+        if let Some(group) = ctx
+            .group()
+            .filter(|g| g.hash_key.is_some() || g.sticky.is_some())
+        {
+            let req = session.req_header();
+            let key = group.request_key(req, &ctx.view);
+            let pinned = group.sticky.as_ref().and_then(|s| s.pinned(req));
+            ctx.attempts.steer(key, pinned);
+        }
         if let Some(answer) = admission.answer {
             if answer.close {
                 session.set_keepalive(None);
@@ -195,6 +204,11 @@ impl ProxyHttp for Portico {
             route
                 .chain
                 .response(resp, &ctx.exchange(session.req_header()));
+        }
+        if resp.status.as_u16() >= 200 {
+            if let Some(cookie) = forward::sticky_cookie(ctx) {
+                resp.append_header(header::SET_COOKIE, cookie)?;
+            }
         }
         Ok(())
     }

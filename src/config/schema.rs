@@ -123,6 +123,9 @@ pub enum Balance {
     Random,
     /// Fewest in-flight requests and open upgraded connections, relative to weight.
     LeastConn,
+    /// Ketama consistent hashing on `hash_key` (a header, cookie, query parameter, the path or
+    /// the client IP); a request without the key is hashed on its client IP.
+    Hash,
 }
 
 impl Balance {
@@ -133,6 +136,7 @@ impl Balance {
             Balance::IpHash => "ip_hash",
             Balance::Random => "random",
             Balance::LeastConn => "least_conn",
+            Balance::Hash => "hash",
         }
     }
 }
@@ -154,6 +158,114 @@ pub struct UpstreamSection {
     /// Added key: how long a peer whose connect failed is skipped (nginx's `fail_timeout`,
     /// with `max_fails=1`); `0s` turns passive health off. Default 10s.
     pub fail_timeout: Option<Duration>,
+    /// What `balance: hash` hashes.
+    #[serde(default)]
+    pub hash_key: Option<HashKey>,
+    /// Sticky sessions: a cookie pins a client to the peer that first served it.
+    #[serde(default)]
+    pub sticky: Option<StickySection>,
+}
+
+/// `hash_key`: `{header: NAME}`, `{cookie: NAME}`, `{query: NAME}`, `path` or `ip`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashKey {
+    Header(String),
+    Cookie(String),
+    Query(String),
+    Path,
+    Ip,
+}
+
+impl<'de> Deserialize<'de> for HashKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = HashKey;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("{header: NAME}, {cookie: NAME}, {query: NAME}, path or ip")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<HashKey, E> {
+                match v {
+                    "path" => Ok(HashKey::Path),
+                    "ip" => Ok(HashKey::Ip),
+                    _ => Err(E::invalid_value(de::Unexpected::Str(v), &self)),
+                }
+            }
+            fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<HashKey, M::Error> {
+                let Some((kind, name)) = map.next_entry::<String, String>()? else {
+                    return Err(de::Error::invalid_length(0, &self));
+                };
+                if map.next_key::<de::IgnoredAny>()?.is_some() {
+                    return Err(de::Error::invalid_length(2, &self));
+                }
+                match kind.as_str() {
+                    "header" => Ok(HashKey::Header(name)),
+                    "cookie" => Ok(HashKey::Cookie(name)),
+                    "query" => Ok(HashKey::Query(name)),
+                    _ => Err(de::Error::custom(format!(
+                        "{kind:?} is no hash key: expected {{header: NAME}}, {{cookie: NAME}}, {{query: NAME}}, path or ip"
+                    ))),
+                }
+            }
+        }
+        d.deserialize_any(KeyVisitor)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StickySection {
+    /// The cookie's name.
+    pub cookie: String,
+    /// How long the browser keeps it; default: the browser session.
+    #[serde(default)]
+    pub max_age: Option<Duration>,
+    #[serde(default = "yes")]
+    pub http_only: bool,
+    /// `auto` (default): `Secure` on requests that came over TLS; `true`; `false`.
+    #[serde(default)]
+    pub secure: SecureFlag,
+    #[serde(default)]
+    pub same_site: SameSite,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SecureFlag {
+    /// `Secure` when the request came over TLS.
+    #[default]
+    Auto,
+    Always(bool),
+}
+
+impl<'de> Deserialize<'de> for SecureFlag {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct FlagVisitor;
+        impl Visitor<'_> for FlagVisitor {
+            type Value = SecureFlag;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("auto, true or false")
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<SecureFlag, E> {
+                Ok(SecureFlag::Always(v))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<SecureFlag, E> {
+                match v {
+                    "auto" => Ok(SecureFlag::Auto),
+                    _ => Err(E::invalid_value(de::Unexpected::Str(v), &self)),
+                }
+            }
+        }
+        d.deserialize_any(FlagVisitor)
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SameSite {
+    #[default]
+    Lax,
+    Strict,
+    None,
 }
 
 /// A peer: `10.0.0.11:3000` or `{ address: 10.0.0.12:3000, weight: 2 }`.

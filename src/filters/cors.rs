@@ -205,15 +205,22 @@ impl Filter for Cors {
         if cx.vars.get("cors") == Some("preflight") {
             return;
         }
-        for name in [
-            header::ACCESS_CONTROL_ALLOW_ORIGIN,
-            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
-            header::ACCESS_CONTROL_EXPOSE_HEADERS,
-            header::ACCESS_CONTROL_ALLOW_METHODS,
-            header::ACCESS_CONTROL_ALLOW_HEADERS,
-            header::ACCESS_CONTROL_MAX_AGE,
-        ] {
-            resp.remove_header(&name);
+        // A peer's own CORS headers are replaced (most responses have none: one look).
+        let peer_cors = resp
+            .headers
+            .keys()
+            .any(|n| n.as_str().starts_with("access-control-"));
+        if peer_cors {
+            for name in [
+                header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                header::ACCESS_CONTROL_EXPOSE_HEADERS,
+                header::ACCESS_CONTROL_ALLOW_METHODS,
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                header::ACCESS_CONTROL_MAX_AGE,
+            ] {
+                resp.remove_header(&name);
+            }
         }
         if self.origins.is_some() || self.credentials {
             let _ = resp.append_header(header::VARY, "Origin");

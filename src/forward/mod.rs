@@ -236,6 +236,16 @@ async fn await_peer<T>(session: &mut Session, work: impl Future<Output = T>) -> 
     }
 }
 
+/// The `Set-Cookie` that pins the client to the peer that served it, when the group is sticky
+/// and the request's cookie named another peer, or none, or one that does not exist.
+pub(crate) fn sticky_cookie(ctx: &RequestCtx) -> Option<String> {
+    let sticky = ctx.group()?.sticky.as_ref()?;
+    let served = ctx.attempts.peer()?.addr;
+    (ctx.attempts.pinned() != Some(served))
+        .then(|| sticky.set_cookie(served, ctx.tls))
+        .flatten()
+}
+
 /// The next peer of `group` for this request ([`Attempts::next`]), its connect timed from now.
 pub(crate) fn next_peer(ctx: &mut RequestCtx, group: &UpstreamGroup) -> Result<Arc<Peer>> {
     let peer = ctx.attempts.next(group, ctx.client_ip)?;

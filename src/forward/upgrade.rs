@@ -109,8 +109,15 @@ pub(crate) async fn websocket(
             .websockets_open
             .with_label_values(&[route.name.as_str(), group.name.as_str()]);
         let ws_open = GaugeGuard::new(gauge);
+        // The peer's 101 byte for byte; a sticky group's cookie is the one line added.
+        let head = match super::sticky_cookie(ctx) {
+            Some(cookie) => {
+                std::borrow::Cow::Owned(with_header_line(&answer.raw_head, "Set-Cookie", &cookie))
+            }
+            None => std::borrow::Cow::Borrowed(&answer.raw_head[..]),
+        };
         let sent = async {
-            client.write_all(&answer.raw_head).await?;
+            client.write_all(&head).await?;
             client.flush().await
         };
         if sent.await.is_err() {
@@ -286,4 +293,23 @@ impl Future for TunnelJob {
         });
         Poll::Ready(())
     }
+}
+
+/// A response head with one more header line before its end (`\r\n\r\n`, or a bare `\n\n`).
+fn with_header_line(head: &[u8], name: &str, value: &str) -> Vec<u8> {
+    let (body_end, eol): (usize, &[u8]) = if head.ends_with(b"\r\n\r\n") {
+        (head.len() - 2, b"\r\n")
+    } else if head.ends_with(b"\n\n") {
+        (head.len() - 1, b"\n")
+    } else {
+        return head.to_vec();
+    };
+    let mut out = Vec::with_capacity(head.len() + name.len() + value.len() + 4);
+    out.extend_from_slice(&head[..body_end]);
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(eol);
+    out.extend_from_slice(eol);
+    out
 }

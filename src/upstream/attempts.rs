@@ -25,6 +25,10 @@ pub struct Attempts {
     again: bool,
     /// The one retry after a pooled connection failed was used.
     reused_retry_used: bool,
+    /// What `balance: hash` hashes for this request (`None`: the client IP).
+    key: Option<Box<[u8]>>,
+    /// The peer a sticky cookie named, tried first while it is usable.
+    pinned: Option<SocketAddr>,
 }
 
 impl Attempts {
@@ -37,8 +41,13 @@ impl Attempts {
                 return Ok(Arc::clone(guard.peer()));
             }
         }
-        let key = IpKey::new(client);
-        let Some(peer) = group.select(key.as_bytes(), &self.tried) else {
+        let pinned = self
+            .pinned
+            .filter(|addr| !self.tried.contains(addr))
+            .and_then(|addr| group.usable(addr));
+        let ip = IpKey::new(client);
+        let key = self.key.as_deref().unwrap_or(ip.as_bytes());
+        let Some(peer) = pinned.or_else(|| group.select(key, &self.tried)) else {
             let (code, why) = if self.tried.is_empty() {
                 (503, "no healthy peer")
             } else {
@@ -81,6 +90,18 @@ impl Attempts {
     }
 
     /// The current peer.
+    /// What the group's balance looks at besides the client IP: the `balance: hash` key and
+    /// the peer a sticky cookie names.
+    pub fn steer(&mut self, key: Option<Box<[u8]>>, pinned: Option<SocketAddr>) {
+        self.key = key;
+        self.pinned = pinned;
+    }
+
+    /// The peer the sticky cookie named (whether or not it served).
+    pub fn pinned(&self) -> Option<SocketAddr> {
+        self.pinned
+    }
+
     pub fn peer(&self) -> Option<&Arc<Peer>> {
         self.current.as_ref().map(InflightGuard::peer)
     }

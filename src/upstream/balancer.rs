@@ -3,9 +3,12 @@
 
 use super::health::{self, HealthSchedule};
 use super::peer::Peer;
-use crate::config::schema::{Balance, UpstreamSection};
+use crate::config::schema::{Balance, HashKey, SameSite, SecureFlag, UpstreamSection};
 use crate::config::{validate, ConfigErrors};
+use crate::request::View;
 use futures_util::FutureExt;
+use http::HeaderName;
+use pingora::http::RequestHeader;
 use pingora::lb::discovery::Static;
 use pingora::lb::selection::{BackendIter, BackendSelection, Consistent, Random, RoundRobin};
 use pingora::lb::{Backend, Backends, LoadBalancer};
@@ -26,6 +29,7 @@ const DEFAULT_FAIL_TIMEOUT: Duration = Duration::from_secs(10);
 
 enum Balancer {
     RoundRobin(LoadBalancer<RoundRobin>),
+    /// ip_hash, and hash (on its key, else the client IP).
     IpHash(LoadBalancer<Consistent>),
     Random(LoadBalancer<Random>),
     /// least_conn walks every peer itself; the load balancer keeps membership and health.
@@ -43,6 +47,9 @@ pub struct UpstreamGroup {
     /// How long a peer whose connect failed is skipped (0: never).
     pub fail_timeout: Duration,
     pub health: Option<HealthSchedule>,
+    /// What `balance: hash` hashes.
+    pub hash_key: Option<KeySource>,
+    pub sticky: Option<Sticky>,
     balancer: Balancer,
     peers: HashMap<SocketAddr, Arc<Peer>>,
     /// Peers in config order, for /status and tests.
@@ -101,9 +108,15 @@ impl UpstreamGroup {
             peers.insert(addr, Arc::new(peer));
             order.push(addr);
         }
+        let hash_key = hash_key(section, path, errs);
+        let sticky = section
+            .sticky
+            .as_ref()
+            .and_then(|s| Sticky::build(s, name, &order, &format!("{path}.sticky"), errs));
         let health = section.health_check.as_ref().and_then(|hc| {
             health::build(
                 name,
+                &peers,
                 hc,
                 tls.is_some(),
                 &format!("{path}.health_check"),
@@ -121,7 +134,7 @@ impl UpstreamGroup {
         });
         let balancer = match section.balance {
             Balance::RoundRobin => Balancer::RoundRobin(load_balancer(view)),
-            Balance::IpHash => Balancer::IpHash(load_balancer(view)),
+            Balance::IpHash | Balance::Hash => Balancer::IpHash(load_balancer(view)),
             Balance::Random => Balancer::Random(load_balancer(view)),
             Balance::LeastConn => Balancer::LeastConn(load_balancer(view), AtomicUsize::new(0)),
         };
@@ -132,10 +145,38 @@ impl UpstreamGroup {
             retries: section.retries.unwrap_or(DEFAULT_RETRIES),
             fail_timeout: section.fail_timeout.map_or(DEFAULT_FAIL_TIMEOUT, |d| d.0),
             health: schedule,
+            hash_key,
+            sticky,
             balancer,
             peers,
             order,
         })
+    }
+
+    /// `addr` when it is a peer of this group that is healthy and not kept out after a failed
+    /// connect: where a sticky cookie may send a request.
+    pub fn usable(&self, addr: SocketAddr) -> Option<&Arc<Peer>> {
+        let peer = self.peers.get(&addr)?;
+        (!peer.recently_failed() && self.is_healthy_in(self.backends(), peer)).then_some(peer)
+    }
+
+    /// The bytes `balance: hash` hashes for this request; `None`: the client IP's.
+    pub fn request_key(&self, req: &RequestHeader, view: &View) -> Option<Box<[u8]>> {
+        let value: &[u8] = match self.hash_key.as_ref()? {
+            KeySource::Header(name) => req.headers.get(name)?.as_bytes(),
+            KeySource::Cookie(name) => cookie(req, name)?,
+            KeySource::Query(name) => view
+                .query
+                .as_deref()?
+                .split('&')
+                .filter_map(|pair| pair.split_once('='))
+                .find(|(k, _)| *k == name)?
+                .1
+                .as_bytes(),
+            KeySource::Path => view.path.as_bytes(),
+            KeySource::Ip => return None,
+        };
+        (!value.is_empty()).then(|| value.into())
     }
 
     /// Picks a healthy peer not in `exclude` (peers this request already failed to reach).
@@ -276,4 +317,155 @@ where
         .expect("static discovery is ready at once")
         .expect("static discovery does not fail");
     lb
+}
+
+/// Where `balance: hash` finds its key.
+#[derive(Debug)]
+pub enum KeySource {
+    Header(HeaderName),
+    Cookie(String),
+    Query(String),
+    Path,
+    Ip,
+}
+
+fn hash_key(section: &UpstreamSection, path: &str, errs: &mut ConfigErrors) -> Option<KeySource> {
+    let at = format!("{path}.hash_key");
+    let key = match (&section.hash_key, section.balance) {
+        (None, Balance::Hash) => {
+            errs.push(at, "balance: hash needs a hash_key: {header: NAME}, {cookie: NAME}, {query: NAME}, path or ip");
+            return None;
+        }
+        (None, _) => return None,
+        (Some(_), b) if b != Balance::Hash => {
+            errs.push(
+                at,
+                format!("only with balance: hash (this group's is {})", b.as_str()),
+            );
+            return None;
+        }
+        (Some(k), _) => k,
+    };
+    let token = |name: &str| {
+        !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}&".contains(&b))
+    };
+    Some(match key {
+        HashKey::Header(name) => KeySource::Header(validate::header_name(errs, &at, name)?),
+        HashKey::Cookie(name) | HashKey::Query(name) if !token(name) => {
+            errs.push(at, format!("invalid name {name:?}"));
+            return None;
+        }
+        HashKey::Cookie(name) => KeySource::Cookie(name.clone()),
+        HashKey::Query(name) => KeySource::Query(name.clone()),
+        HashKey::Path => KeySource::Path,
+        HashKey::Ip => KeySource::Ip,
+    })
+}
+
+/// The value of cookie `name` in the request's `Cookie` headers.
+pub fn cookie<'r>(req: &'r RequestHeader, name: &str) -> Option<&'r [u8]> {
+    req.headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+        .find_map(|pair| {
+            let pair = pair.trim_ascii();
+            let eq = pair.iter().position(|b| *b == b'=')?;
+            (&pair[..eq] == name.as_bytes()).then(|| &pair[eq + 1..])
+        })
+}
+
+/// Sticky sessions: the cookie, its attributes, and each peer's opaque id (a digest of the
+/// group's name and the peer's address: the same on every instance with the same file, and
+/// not the address).
+#[derive(Debug)]
+pub struct Sticky {
+    pub cookie: String,
+    /// `; Path=/; Max-Age=...; HttpOnly; SameSite=...` (Secure added per request).
+    attributes: String,
+    secure: SecureFlag,
+    by_id: HashMap<String, SocketAddr>,
+    ids: HashMap<SocketAddr, String>,
+}
+
+impl Sticky {
+    fn build(
+        s: &crate::config::schema::StickySection,
+        group: &str,
+        peers: &[SocketAddr],
+        path: &str,
+        errs: &mut ConfigErrors,
+    ) -> Option<Sticky> {
+        let valid = !s.cookie.is_empty()
+            && s.cookie
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        if !valid {
+            errs.push(
+                format!("{path}.cookie"),
+                format!("invalid cookie name {:?}: letters, digits, -_.", s.cookie),
+            );
+            return None;
+        }
+        if s.same_site == SameSite::None && s.secure == SecureFlag::Always(false) {
+            errs.push(
+                format!("{path}.same_site"),
+                "none needs secure: true or auto (browsers refuse it without Secure)",
+            );
+            return None;
+        }
+        let mut attributes = String::from("; Path=/");
+        if let Some(age) = s.max_age {
+            attributes.push_str(&format!("; Max-Age={}", age.0.as_secs()));
+        }
+        if s.http_only {
+            attributes.push_str("; HttpOnly");
+        }
+        attributes.push_str(match s.same_site {
+            SameSite::Lax => "; SameSite=Lax",
+            SameSite::Strict => "; SameSite=Strict",
+            SameSite::None => "; SameSite=None",
+        });
+        let ids: HashMap<SocketAddr, String> = peers
+            .iter()
+            .map(|addr| {
+                use sha2::Digest;
+                let digest = sha2::Sha256::digest(format!("portico sticky\0{group}\0{addr}"));
+                let id: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+                (*addr, id)
+            })
+            .collect();
+        Some(Sticky {
+            cookie: s.cookie.clone(),
+            attributes,
+            secure: s.secure,
+            by_id: ids.iter().map(|(a, id)| (id.clone(), *a)).collect(),
+            ids,
+        })
+    }
+
+    /// The peer the request's cookie names, if it names one of this group's (a forged or stale
+    /// id names none).
+    pub fn pinned(&self, req: &RequestHeader) -> Option<SocketAddr> {
+        let id = std::str::from_utf8(cookie(req, &self.cookie)?).ok()?;
+        self.by_id.get(id).copied()
+    }
+
+    /// The `Set-Cookie` value pinning a client to `peer`.
+    pub fn set_cookie(&self, peer: SocketAddr, tls: bool) -> Option<String> {
+        let id = self.ids.get(&peer)?;
+        let secure = match self.secure {
+            SecureFlag::Auto => tls,
+            SecureFlag::Always(s) => s,
+        };
+        Some(format!(
+            "{}={id}{}{}",
+            self.cookie,
+            self.attributes,
+            if secure { "; Secure" } else { "" }
+        ))
+    }
 }

@@ -1,7 +1,7 @@
 //! Active health checks: the Pingora check built from a group's `health_check` section, and the
 //! one background service that runs every group's checks at its own interval.
 
-use super::UpstreamGroup;
+use super::{Peer, UpstreamGroup};
 use crate::config::schema::{HealthCheckSection, HealthCheckType};
 use crate::config::{validate, ConfigErrors};
 use crate::metrics::METRICS;
@@ -13,6 +13,8 @@ use pingora::lb::Backend;
 use pingora::prelude::*;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -36,6 +38,7 @@ pub struct HealthSchedule {
 /// `upstream`) and its schedule.
 pub fn build(
     upstream: &str,
+    peers: &HashMap<SocketAddr, Arc<Peer>>,
     hc: &HealthCheckSection,
     tls: bool,
     path: &str,
@@ -112,14 +115,18 @@ pub fn build(
     let counted = Counted {
         inner: check,
         upstream: upstream.to_owned(),
+        peers: peers.clone(),
     };
     Some((Box::new(counted), schedule))
 }
 
-/// A check that counts its probes by result for `portico_health_checks_total`.
+/// A check that counts its probes by result for `portico_health_checks_total`, and lets a
+/// peer that passes one back in at once, even inside its `fail_timeout` after a failed connect
+/// (Envoy un-ejects the same way): a restarted peer serves as soon as it answers.
 struct Counted {
     inner: Box<dyn HealthCheck + Send + Sync>,
     upstream: String,
+    peers: HashMap<SocketAddr, Arc<Peer>>,
 }
 
 #[async_trait]
@@ -127,6 +134,12 @@ impl HealthCheck for Counted {
     async fn check(&self, target: &Backend) -> Result<()> {
         let result = self.inner.check(target).await;
         let outcome = if result.is_ok() { "ok" } else { "failed" };
+        if let (Ok(()), Some(peer)) = (
+            &result,
+            target.addr.as_inet().and_then(|a| self.peers.get(a)),
+        ) {
+            peer.clear_failed();
+        }
         METRICS
             .health_checks
             .with_label_values(&[self.upstream.as_str(), outcome])

@@ -54,6 +54,11 @@ impl Peer {
         self.failed_until.fetch_max(until, Ordering::Relaxed);
     }
 
+    /// An active health check passed: a failed connect no longer keeps this peer out.
+    pub fn clear_failed(&self) {
+        self.failed_until.store(0, Ordering::Relaxed);
+    }
+
     pub fn recently_failed(&self) -> bool {
         // Most peers never failed: no clock read for them.
         let until = self.failed_until.load(Ordering::Relaxed);

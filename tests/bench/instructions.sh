@@ -39,6 +39,6 @@ Y
   kill -INT $vp; wait $vp 2>/dev/null || true
   f=$(ls -t "$d"/cg.$vp.out.* | head -1)
   ir=$(awk '/^(summary|totals):/{print $2; exit}' "$f")
-  python3 -c "print('$arm', $n, 'requests,', round($ir/$n), 'instructions per request')"
+  python3 -c 'import sys; a, n, ir = sys.argv[1:]; print(a, n, "requests,", round(int(ir) / int(n)), "instructions per request")' "$arm" "$n" "$ir"
   rm -f "$d"/cg.*
 done

@@ -168,6 +168,7 @@ fn every_key_is_documented() {
         ("upstreams.*.", fields::<UpstreamSection>()),
         ("upstreams.*.health_check.", fields::<HealthCheckSection>()),
         ("upstreams.*.tls.", fields::<UpstreamTls>()),
+        ("upstreams.*.sticky.", fields::<StickySection>()),
         ("routes[].", fields::<RouteSection>()),
         ("routes[].websocket.", fields::<WebSocketSection>()),
         ("routes[].request_headers.", fields::<HeaderRulesSection>()),

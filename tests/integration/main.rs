@@ -4,6 +4,7 @@
 mod harness;
 mod origins;
 
+mod affinity;
 mod balancing;
 mod canonical;
 mod config_check;
