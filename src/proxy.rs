@@ -5,7 +5,7 @@
 use crate::accesslog::{account, Entry};
 use crate::forward;
 use crate::metrics::METRICS;
-use crate::request::admit::{admit, Answer, Client};
+use crate::request::admit::{admit, admit_deferred, Answer, Client};
 use crate::request::ctx::{peer_ip, RequestCtx};
 use crate::snapshot::SharedSnapshot;
 use crate::websocket::Upgrade;
@@ -56,7 +56,17 @@ impl ProxyHttp for Portico {
             tls: ctx.tls,
         };
         let snapshot = Arc::clone(&ctx.snapshot);
-        let admission = admit(session.req_header(), &snapshot, client).await;
+        let mut admission = admit(session.req_header(), &snapshot, client);
+        if admission.deferred {
+            // Boxed: only routes with a filter that waits carry its future.
+            Box::pin(admit_deferred(
+                session.req_header(),
+                &snapshot,
+                client,
+                &mut admission,
+            ))
+            .await;
+        }
         (ctx.view, ctx.route) = (admission.view, admission.route);
         ctx.upgrade = admission.upgrade != Upgrade::No;
         ctx.connection_slot = admission.slot;
@@ -200,7 +210,7 @@ impl ProxyHttp for Portico {
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let Some(route) = ctx.route() {
+        if let Some(route) = ctx.route().filter(|r| r.chain.has_response()) {
             route
                 .chain
                 .response(resp, &ctx.exchange(session.req_header()));

@@ -279,6 +279,32 @@ impl Chain {
         }
     }
 
+    /// Whether any filter acts in the request phase (a route without filters skips it).
+    pub fn has_request(&self) -> bool {
+        !self.request.is_empty()
+    }
+
+    /// Whether any filter acts on response heads.
+    pub fn has_response(&self) -> bool {
+        !self.response.is_empty()
+    }
+
+    /// Whether a filter of the request phase waits (then only [`Chain::request`] runs it).
+    pub fn waits(&self) -> bool {
+        self.request.iter().any(|(_, waits)| *waits)
+    }
+
+    /// The request phase of a chain whose filters do not wait.
+    pub fn request_now(&self, req: &mut Request<'_>) -> Flow {
+        for (filter, _) in self.request.iter() {
+            if let Flow::Respond(answer) = filter.request(req) {
+                return Flow::Respond(answer);
+            }
+        }
+        Flow::Continue
+    }
+
+    /// The request phase, waiting where a filter waits.
     pub async fn request(&self, req: &mut Request<'_>) -> Flow {
         for (filter, waits) in self.request.iter() {
             let flow = match waits {

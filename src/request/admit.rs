@@ -10,7 +10,7 @@ use crate::checks;
 pub use crate::filters::{Answer, Client};
 use crate::filters::{Flow, Request, Vars};
 use crate::limits::ConnectionSlot;
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Route, Snapshot};
 use crate::upstream::UpstreamGroup;
 use crate::websocket::{self, Upgrade};
 use http::header;
@@ -34,16 +34,40 @@ pub struct Admission {
     pub ext: http::Extensions,
     /// `Some`: answer this and stop; `None`: admitted, to be proxied.
     pub answer: Option<Answer>,
+    /// The route's chain has a filter that waits: [`admit_deferred`] runs it.
+    pub deferred: bool,
 }
 
-pub async fn admit(req: &RequestHeader, snapshot: &Snapshot, client: Client) -> Admission {
+/// Admission up to the end, or, for a route with a filter that waits (`forward_auth`), up to
+/// its chain: then `deferred` is set and [`admit_deferred`] finishes it. Synchronous, so the
+/// common request carries no future for filters it does not have.
+pub fn admit(req: &RequestHeader, snapshot: &Snapshot, client: Client) -> Admission {
     let mut a = Admission::default();
-    a.answer = decide(req, snapshot, client, &mut a).await.err();
+    a.answer = decide(req, snapshot, client, &mut a).err();
     a
 }
 
+/// The rest of an admission `admit` deferred: the route's chain, waiting where a filter waits,
+/// then the upgrade check.
+pub async fn admit_deferred(
+    req: &RequestHeader,
+    snapshot: &Snapshot,
+    client: Client,
+    a: &mut Admission,
+) {
+    a.deferred = false;
+    let Some(route) = a.route.map(|i| &snapshot.routes[i]) else {
+        return;
+    };
+    let mut request = request(req, snapshot, client, route, a);
+    a.answer = match route.chain.request(&mut request).await {
+        Flow::Respond(answer) => Some(answer),
+        Flow::Continue => upgrade_check(a.upgrade).err(),
+    };
+}
+
 /// The checks in order; `Err` is the first that refuses.
-async fn decide(
+fn decide(
     req: &RequestHeader,
     snapshot: &Snapshot,
     client: Client,
@@ -59,7 +83,30 @@ async fn decide(
     let Some(route) = a.route.map(|i| &snapshot.routes[i]) else {
         return Err(Answer::new("no_route", 404, "no route for this request\n"));
     };
-    let mut request = Request {
+    if route.chain.waits() {
+        a.deferred = true;
+        return Ok(());
+    }
+    if route.chain.has_request() {
+        if let Flow::Respond(answer) = route
+            .chain
+            .request_now(&mut request(req, snapshot, client, route, a))
+        {
+            return Err(answer);
+        }
+    }
+    upgrade_check(a.upgrade)
+}
+
+/// What the request phase of the chain sees.
+fn request<'a>(
+    req: &'a RequestHeader,
+    snapshot: &'a Snapshot,
+    client: Client,
+    route: &'a Route,
+    a: &'a mut Admission,
+) -> Request<'a> {
+    Request {
         head: req,
         view: &a.view,
         client,
@@ -71,17 +118,18 @@ async fn decide(
         groups: &snapshot.upstreams,
         upstream: &mut a.upstream,
         slot: &mut a.slot,
+    }
+}
+
+/// A malformed upgrade, answered after the chain (its checks run for it too).
+fn upgrade_check(upgrade: Upgrade) -> Result<(), Answer> {
+    let Upgrade::Invalid { status, why } = upgrade else {
+        return Ok(());
     };
-    if let Flow::Respond(answer) = route.chain.request(&mut request).await {
-        return Err(answer);
-    }
-    if let Upgrade::Invalid { status, why } = a.upgrade {
-        // A client that got the handshake wrong may have sent anything after it.
-        let answer = Answer::new("bad_upgrade", status, why).closing();
-        return Err(match status {
-            426 => answer.with_header(header::SEC_WEBSOCKET_VERSION, "13"),
-            _ => answer,
-        });
-    }
-    Ok(())
+    // A client that got the handshake wrong may have sent anything after it.
+    let answer = Answer::new("bad_upgrade", status, why).closing();
+    Err(match status {
+        426 => answer.with_header(header::SEC_WEBSOCKET_VERSION, "13"),
+        _ => answer,
+    })
 }

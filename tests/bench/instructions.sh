@@ -17,6 +17,7 @@ d=$(mktemp -d)
 port=18181; origin=3111
 . "$(dirname "$0")/origin.sh"
 start_origin "$d" $origin
+kept=0
 for arm in "$@"; do
   bin=${arm%%@*}; extra=""; route=""; [[ $arm == *@* ]] && extra=${arm#*@}
   [[ $extra == *@* ]] && { route=", ${extra#*@}"; extra=${extra%%@*}; }
@@ -40,5 +41,7 @@ Y
   f=$(ls -t "$d"/cg.$vp.out.* | head -1)
   ir=$(awk '/^(summary|totals):/{print $2; exit}' "$f")
   python3 -c 'import sys; a, n, ir = sys.argv[1:]; print(a, n, "requests,", round(int(ir) / int(n)), "instructions per request")' "$arm" "$n" "$ir"
+  # CALLGRIND_KEEP=DIR keeps each arm's profile (callgrind_annotate DIR/N.out: where they differ).
+  [[ -n ${CALLGRIND_KEEP:-} ]] && { mkdir -p "$CALLGRIND_KEEP"; cp "$f" "$CALLGRIND_KEEP/$((++kept)).out"; }
   rm -f "$d"/cg.*
 done
