@@ -20,7 +20,7 @@ use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use pingora::http::RequestHeader;
 use serde::Deserialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -53,6 +53,30 @@ pub struct Jwt {
     keys: Vec<Key>,
     query_param: Option<String>,
     claims: Vec<(String, HeaderName)>,
+    leeway: u64,
+    /// Tokens verified lately, until their `exp` (+ leeway): a client's repeated token costs a
+    /// lookup instead of a signature check and two JSON parses (Envoy's jwt_cache_config). The
+    /// key is the whole token, signature included, so only the exact bytes verified hit.
+    cache: std::sync::Mutex<HashMap<Box<str>, Cached>>,
+}
+
+/// What a verified token gave, kept until it expires.
+#[derive(Clone)]
+struct Cached {
+    /// Seconds since the epoch after which the token is refused.
+    until: u64,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    sub: Option<String>,
+}
+
+/// The most tokens a jwt filter remembers; when full, it starts over (a flood of distinct
+/// valid tokens costs verification, never memory).
+const CACHE_MAX: usize = 10_000;
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// What the request phase leaves for the peer's request.
@@ -118,6 +142,8 @@ pub fn factory(settings: &serde_yaml::Value, build: &mut Build<'_>) -> Option<Ar
             keys,
             query_param: s.query_param,
             claims,
+            leeway,
+            cache: Default::default(),
         }) as Arc<dyn Filter>
     })
 }
@@ -211,6 +237,40 @@ fn without_param(target: &str, name: &str) -> String {
 }
 
 impl Jwt {
+    /// The headers and `sub` of verified claims, remembered until the token expires.
+    fn remember(&self, token: &str, claims: &serde_json::Map<String, serde_json::Value>) -> Cached {
+        let mut headers = Vec::new();
+        for (claim, name) in &self.claims {
+            let text = match claims.get(claim) {
+                None | Some(serde_json::Value::Null) => continue,
+                Some(serde_json::Value::String(s)) => s.clone(),
+                Some(other) => other.to_string(),
+            };
+            // A claim that is no header value is left out, never sent half.
+            if let Ok(v) = HeaderValue::from_str(&text) {
+                headers.push((name.clone(), v));
+            }
+        }
+        let sub = match claims.get("sub") {
+            Some(serde_json::Value::String(sub)) => Some(sub.clone()),
+            _ => None,
+        };
+        let exp = claims.get("exp").and_then(serde_json::Value::as_u64);
+        let entry = Cached {
+            until: exp.map_or(0, |e| e.saturating_add(self.leeway)),
+            headers,
+            sub,
+        };
+        if exp.is_some() {
+            let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            if cache.len() >= CACHE_MAX {
+                cache.clear();
+            }
+            cache.insert(token.into(), entry.clone());
+        }
+        entry
+    }
+
     fn verify(&self, token: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
         let head = jsonwebtoken::decode_header(token).ok()?;
         self.keys
@@ -245,26 +305,23 @@ impl Filter for Jwt {
         let Some(token) = bearer.or(from_query) else {
             return unauthorized(None);
         };
-        let Some(claims) = self.verify(token) else {
-            return unauthorized(Some("invalid_token"));
+        let cached = {
+            let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            cache.get(token).cloned()
         };
-        let mut headers = Vec::new();
-        for (claim, name) in &self.claims {
-            let text = match claims.get(claim) {
-                None | Some(serde_json::Value::Null) => continue,
-                Some(serde_json::Value::String(s)) => s.clone(),
-                Some(other) => other.to_string(),
-            };
-            // A claim that is no header value is left out, never sent half.
-            if let Ok(v) = HeaderValue::from_str(&text) {
-                headers.push((name.clone(), v));
-            }
-        }
-        if let Some(serde_json::Value::String(sub)) = claims.get("sub") {
-            req.vars.set("jwt_sub", sub.clone());
+        let now = now_secs();
+        let verified = match cached {
+            Some(c) if now <= c.until => c,
+            _ => match self.verify(token) {
+                Some(claims) => self.remember(token, &claims),
+                None => return unauthorized(Some("invalid_token")),
+            },
+        };
+        if let Some(sub) = verified.sub {
+            req.vars.set("jwt_sub", sub);
         }
         req.ext.insert(Verified {
-            headers,
+            headers: verified.headers,
             // Whichever was used, the peer never sees a token in the query.
             from_query: from_query.is_some(),
         });

@@ -535,6 +535,66 @@ mod jwt {
         );
     }
 
+    /// Verified tokens are remembered (a repeated token skips the signature check), but never
+    /// past their `exp`.
+    #[tokio::test]
+    async fn a_remembered_token_still_expires() {
+        let k = keys();
+        let origin = HttpOrigin::start("app").await;
+        let proxy = Proxy::start(&format!(
+            "upstreams:\n  app: {{peers: ['{}']}}\nroutes:\n  - upstream: app\n    filters: [{{jwt: {{jwks_file: '{}', leeway: 0s}}}}]\n",
+            origin.addr,
+            k.jwks.display()
+        ))
+        .await;
+        let t = token(
+            &k.es,
+            Algorithm::ES256,
+            "es",
+            json!({"sub": "u", "exp": now() + 2}),
+        );
+        let auth = format!("Bearer {t}");
+        for _ in 0..3 {
+            assert_eq!(
+                get(proxy.addr, "/", &[("Authorization", &auth)])
+                    .await
+                    .status,
+                200
+            );
+        }
+        eventually("the remembered token expires", || async {
+            get(proxy.addr, "/", &[("Authorization", &auth)])
+                .await
+                .status
+                == 401
+        })
+        .await;
+        // A token that differs in one byte of its signature is not the remembered one.
+        let t = token(
+            &k.es,
+            Algorithm::ES256,
+            "es",
+            json!({"sub": "u", "exp": now() + 600}),
+        );
+        let good = format!("Bearer {t}");
+        assert_eq!(
+            get(proxy.addr, "/", &[("Authorization", &good)])
+                .await
+                .status,
+            200
+        );
+        let mut forged = good.clone().into_bytes();
+        let last = forged.len() - 2;
+        forged[last] = if forged[last] == b'A' { b'B' } else { b'A' };
+        let forged = String::from_utf8(forged).unwrap();
+        assert_eq!(
+            get(proxy.addr, "/", &[("Authorization", &forged)])
+                .await
+                .status,
+            401
+        );
+    }
+
     #[test]
     fn a_bad_jwks_file_is_a_config_error() {
         let dir = tempfile::tempdir().unwrap();
