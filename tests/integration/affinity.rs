@@ -5,9 +5,7 @@
 
 use crate::harness::*;
 use crate::origins::{HttpOrigin, WsOrigin};
-use futures_util::{SinkExt, StreamExt};
 use std::collections::{HashMap, HashSet};
-use tokio_tungstenite::tungstenite::Message;
 
 fn group(balance: &str, peers: &[std::net::SocketAddr], extra: &str) -> String {
     let list: Vec<String> = peers.iter().map(|a| format!("'{a}'")).collect();
@@ -15,17 +13,6 @@ fn group(balance: &str, peers: &[std::net::SocketAddr], extra: &str) -> String {
         "upstreams:\n  app:\n    {balance}\n    peers: [{}]\n{extra}routes:\n  - {{path_prefix: /, upstream: app}}\n",
         list.join(", ")
     )
-}
-
-async fn whoami(ws: &mut Ws) -> String {
-    ws.send(Message::text("whoami")).await.unwrap();
-    ws.next()
-        .await
-        .unwrap()
-        .unwrap()
-        .into_text()
-        .unwrap()
-        .to_string()
 }
 
 /// Which origin served a request with `headers` and `path`.

@@ -3,11 +3,10 @@
 
 use crate::harness::*;
 use crate::origins::{HttpOrigin, WsOrigin};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
-use tokio_tungstenite::tungstenite::Message;
 
 fn one_route(upstream: &str) -> String {
     format!("upstreams:\n  app:\n{upstream}routes:\n  - {{path_prefix: /, upstream: app}}\n")
@@ -293,17 +292,6 @@ async fn all_peers_unhealthy_is_503_at_once() {
     let r = get(proxy.addr, "/", &[]).await;
     assert_eq!(r.status, 503);
     assert!(started.elapsed() < Duration::from_secs(1));
-}
-
-async fn whoami(ws: &mut Ws) -> String {
-    ws.send(Message::text("whoami")).await.unwrap();
-    ws.next()
-        .await
-        .unwrap()
-        .unwrap()
-        .into_text()
-        .unwrap()
-        .to_string()
 }
 
 /// least_conn counts open upgraded connections: once x's two close, the next two new

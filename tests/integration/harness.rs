@@ -688,3 +688,17 @@ pub async fn read_head(s: &mut TcpStream) -> Option<Vec<u8>> {
     }
     Some(head)
 }
+
+/// The name of the echo origin (`origins::WsOrigin`) behind a WebSocket.
+pub async fn whoami(ws: &mut Ws) -> String {
+    use futures_util::{SinkExt, StreamExt};
+    let ask = tokio_tungstenite::tungstenite::Message::text("whoami");
+    ws.send(ask).await.unwrap();
+    ws.next()
+        .await
+        .unwrap()
+        .unwrap()
+        .into_text()
+        .unwrap()
+        .to_string()
+}
