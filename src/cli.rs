@@ -22,7 +22,8 @@ Exit codes:
   64  the configuration cannot be read or is invalid (every error is printed with its line and YAML path)
 
 Documentation: README.md (a tour), conf/examples/, docs/configuration.md (every key),
-docs/behaviour.md, docs/operations.md (signals, reload, upgrade), docs/security.md";
+docs/filters.md (the filter pipeline), docs/behaviour.md, docs/operations.md (signals, reload,
+upgrade), docs/security.md";
 
 #[derive(Debug, Parser)]
 #[command(
