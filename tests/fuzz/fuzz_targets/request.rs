@@ -91,8 +91,11 @@ fuzz_target!(|input: (u8, &[u8])| {
     let mut resp = ResponseHeader::build(200, None).unwrap();
     resp.append_header("access-control-allow-origin", "https://evil.example").unwrap();
     route.chain.response(&mut resp, &exchange);
-    // CORS never lets a peer's reflection of another origin through.
-    if let Some(v) = resp.headers.get("access-control-allow-origin") {
-        assert_ne!(v, "https://evil.example");
+    // On the routes with `cors` (route0, route2), a peer's reflection of another origin never
+    // gets through.
+    if route.name != "route1" {
+        if let Some(v) = resp.headers.get("access-control-allow-origin") {
+            assert_ne!(v, "https://evil.example");
+        }
     }
 });
