@@ -6,7 +6,8 @@
 //! headers of those names are always removed); any other answer is returned to the client as
 //! the service gave it (a 401 with its challenge, a 302 to a login page). A service that is
 //! down, too slow (`timeout`, default 5s) or answers garbage: 503, never let through.
-//! Connections to the service are kept alive and reused.
+//! Connections to the service are kept alive and reused. An `https://` service is verified
+//! against the system's roots, or the CA certificates of the PEM file in `ca`.
 //!
 //! ```yaml
 //! filters:
@@ -34,6 +35,9 @@ struct Settings {
     copy_headers: Vec<String>,
     #[serde(default)]
     timeout: Option<Duration>,
+    /// For an https:// service: a PEM file of CA certificates to verify it with.
+    #[serde(default)]
+    ca: Option<String>,
 }
 
 /// The most of the service's answer body relayed to a refused client.
@@ -77,25 +81,44 @@ pub fn factory(settings: &serde_yaml::Value, build: &mut Build<'_>) -> Option<Ar
             return None;
         }
     };
-    let (Some("http"), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+    let (Some(scheme @ ("http" | "https")), Some(authority)) = (uri.scheme_str(), uri.authority())
+    else {
         build.error(
             Some("url"),
             format!(
-                "{:?}: an http:// URL with a host, as http://127.0.0.1:9000/check",
+                "{:?}: an http:// or https:// URL with a host, as http://127.0.0.1:9000/check",
                 s.url
             ),
         );
         return None;
     };
+    let tls = scheme == "https";
+    if s.ca.is_some() && !tls {
+        build.error(Some("ca"), "only for an https:// url");
+        return None;
+    }
     let host_port = match authority.port_u16() {
         Some(_) => authority.as_str().to_owned(),
-        None => format!("{}:80", authority.host()),
+        None => format!("{}:{}", authority.host(), if tls { 443 } else { 80 }),
+    };
+    let ca = match &s.ca {
+        Some(file) => Some(crate::upstream::balancer::load_ca(
+            file,
+            &format!("{}.ca", build.path),
+            build.errs,
+        )?),
+        None => None,
     };
     let addr = validate::peer_addr(build.errs, &format!("{}.url", build.path), &host_port)?;
     if copy.len() != s.copy_headers.len() || timeout.is_zero() {
         return None;
     }
-    let mut peer = HttpPeer::new(addr, false, String::new());
+    let sni = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let mut peer = HttpPeer::new(addr, tls, sni.to_owned());
+    peer.options.ca = ca;
     peer.options.connection_timeout = Some(timeout);
     peer.options.read_timeout = Some(timeout);
     peer.options.write_timeout = Some(timeout);

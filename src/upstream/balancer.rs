@@ -267,7 +267,11 @@ impl UpstreamGroup {
 }
 
 /// The CA certificates of a PEM file, as Pingora's connector takes them.
-fn load_ca(file: &str, path: &str, errs: &mut ConfigErrors) -> Option<Arc<[WrappedX509]>> {
+pub(crate) fn load_ca(
+    file: &str,
+    path: &str,
+    errs: &mut ConfigErrors,
+) -> Option<Arc<[WrappedX509]>> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::CertificateDer;
     let certs: Result<Vec<CertificateDer>, _> = match CertificateDer::pem_file_iter(file) {

@@ -741,3 +741,57 @@ mod forward_auth {
         );
     }
 }
+
+/// An https:// auth service, verified against the `ca` given; without it (system roots) the
+/// test's certificate is not trusted: 503, never let through.
+#[tokio::test]
+async fn forward_auth_speaks_tls_to_an_https_service() {
+    use crate::tls::TestPki;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new(dir.path(), &["127.0.0.1"]);
+    let acceptor = tokio_rustls::TlsAcceptor::from(pki.server_config());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let auth = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut s) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                while let Some(head) = read_head(&mut s).await {
+                    let ok = String::from_utf8_lossy(&head)
+                        .to_ascii_lowercase()
+                        .contains("authorization: bearer ok");
+                    let resp = match ok {
+                        true => "HTTP/1.1 200 OK\r\nX-User-Id: alice\r\nContent-Length: 0\r\n\r\n",
+                        false => "HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n",
+                    };
+                    if s.write_all(resp.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let origin = HttpOrigin::start("app").await;
+    let proxy = Proxy::start(&format!(
+        "upstreams:\n  app: {{peers: ['{}']}}\nroutes:\n  - path_prefix: /untrusted/\n    upstream: app\n    filters: [{{forward_auth: {{url: 'https://{auth}/check'}}}}]\n  - upstream: app\n    filters: [{{forward_auth: {{url: 'https://{auth}/check', ca: '{}', copy_headers: [X-User-Id]}}}}]\n",
+        origin.addr,
+        pki.ca_file.display()
+    ))
+    .await;
+    let r = get(proxy.addr, "/", &[("Authorization", "Bearer ok")]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.upstream_header("x-user-id"), ["alice"]);
+    assert_eq!(
+        get(proxy.addr, "/", &[("Authorization", "Bearer no")])
+            .await
+            .status,
+        401
+    );
+    let hits = origin.hits();
+    let r = get(proxy.addr, "/untrusted/", &[("Authorization", "Bearer ok")]).await;
+    assert_eq!(r.status, 503, "an unverified service is not trusted");
+    assert_eq!(origin.hits(), hits);
+}

@@ -676,7 +676,7 @@ where
 
 /// Reads up to the end of a head (`\r\n\r\n`); `None` if the peer closed first. Requests here
 /// have no body and are never pipelined, so nothing after the head is lost.
-pub async fn read_head(s: &mut TcpStream) -> Option<Vec<u8>> {
+pub async fn read_head(s: &mut (impl tokio::io::AsyncRead + Unpin)) -> Option<Vec<u8>> {
     let mut head = Vec::new();
     while !head.ends_with(b"\r\n\r\n") {
         let mut byte = [0u8; 1];
