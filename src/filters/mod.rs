@@ -328,15 +328,14 @@ impl Chain {
         self.response.iter().for_each(|f| f.response(resp, cx));
     }
 
+    /// The filters with a log phase (shared with tunnels, which log when they close); the
+    /// access log calls them through [`log_all`].
     pub fn loggers(&self) -> Option<&Arc<[Arc<dyn Filter>]>> {
         self.log.as_ref()
     }
-
-    pub fn log(&self, done: &Done<'_>) {
-        log_all(self.log.as_deref(), done);
-    }
 }
 
+/// The log phase: after the access-log line of a request, or of a tunnel when it closes.
 pub fn log_all(loggers: Option<&[Arc<dyn Filter>]>, done: &Done<'_>) {
     for f in loggers.unwrap_or_default() {
         f.log(done);
