@@ -281,7 +281,9 @@ impl Snapshot {
         };
         all.0
             .extend(errs.0.into_iter().filter(|e| !echoes(&e.path)));
-        all.locate(&loaded.lines);
+        if !all.is_empty() {
+            all.locate(&loaded.text);
+        }
         all.into_result(Snapshot {
             routes,
             router,

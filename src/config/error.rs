@@ -46,8 +46,10 @@ impl ConfigErrors {
         });
     }
 
-    /// Gives each error the line of its path, and puts them in the file's order.
-    pub fn locate(&mut self, lines: &super::collect::Lines) {
+    /// Gives each error the line of its path in `text` (the file), and puts them in the file's
+    /// order. The file is read for lines only here, when it has errors.
+    pub fn locate(&mut self, text: &str) {
+        let lines = super::collect::Lines::of(text);
         for e in &mut self.0 {
             e.line = e.line.or_else(|| lines.line(&e.path));
         }

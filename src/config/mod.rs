@@ -18,8 +18,8 @@ pub struct Loaded {
     /// What did not parse (unknown keys, wrong types), the values taken out of `config`; the
     /// semantic checks of [`crate::snapshot::Snapshot::build`] add theirs to these.
     pub errors: ConfigErrors,
-    /// The line of each YAML path, for the errors.
-    pub lines: collect::Lines,
+    /// The file's text: an invalid file's errors are given their lines from it.
+    pub text: String,
 }
 
 impl Loaded {
@@ -45,26 +45,31 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
     })?;
     let digest = sha2::Sha256::digest(text.as_bytes());
     let sha256 = digest.iter().map(|b| format!("{b:02x}")).collect();
-    if text.trim().is_empty() {
-        return Err(ConfigErrors::one("", "the file is empty"));
-    }
-    let lines = collect::Lines::of(&text);
-    let (config, errors) = match serde_yaml::from_str(&text) {
-        Ok(config) => (config, ConfigErrors::default()),
-        Err(_) => match collect::every_error(&text) {
-            (Some(config), errors) => (config, errors),
-            (None, mut errors) => {
-                errors.locate(&lines);
-                return Err(errors);
-            }
-        },
-    };
+    let (config, errors) = read(&text)?;
     Ok(Loaded {
         config,
         sha256,
         errors,
-        lines,
+        text,
     })
+}
+
+/// The file format from YAML text, repaired around what did not parse, with those errors;
+/// `Err` (every error, with its line) when it cannot be repaired. A valid file is parsed once.
+fn read(text: &str) -> Result<(FileConfig, ConfigErrors), ConfigErrors> {
+    if text.trim().is_empty() {
+        return Err(ConfigErrors::one("", "the file is empty"));
+    }
+    if let Ok(config) = serde_yaml::from_str(text) {
+        return Ok((config, ConfigErrors::default()));
+    }
+    match collect::every_error(text) {
+        (Some(config), errors) => Ok((config, errors)),
+        (None, mut errors) => {
+            errors.locate(text);
+            Err(errors)
+        }
+    }
 }
 
 /// An I/O error as a person reads it: `No such file or directory`, without `(os error 2)`.
@@ -78,12 +83,10 @@ pub fn os_message(e: &impl std::fmt::Display) -> String {
 
 /// Parses YAML text into the file format, or every parse error with its line.
 pub fn parse(text: &str) -> Result<FileConfig, ConfigErrors> {
-    if text.trim().is_empty() {
-        return Err(ConfigErrors::one("", "the file is empty"));
+    let (config, mut errors) = read(text)?;
+    if errors.is_empty() {
+        return Ok(config);
     }
-    serde_yaml::from_str(text).map_err(|_| {
-        let mut errors = collect::every_error(text).1;
-        errors.locate(&collect::Lines::of(text));
-        errors
-    })
+    errors.locate(text);
+    Err(errors)
 }
