@@ -79,16 +79,8 @@ impl Filter for Tenant {
 
 fn tenant(settings: &serde_yaml::Value, build: &mut Build<'_>) -> Option<Arc<dyn Filter>> {
     let s: Settings = build.settings(settings)?;
-    match http::HeaderName::from_bytes(s.header.as_bytes()) {
-        Ok(header) => Some(Arc::new(Tenant { header })),
-        Err(_) => {
-            build.error(
-                Some("header"),
-                format!("invalid header name {:?}", s.header),
-            );
-            None
-        }
-    }
+    let header = build.header_name("header", &s.header)?;
+    Some(Arc::new(Tenant { header }))
 }
 
 fn main() {

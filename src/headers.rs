@@ -209,6 +209,19 @@ pub fn tokens(headers: &HeaderMap, name: HeaderName) -> impl Iterator<Item = &[u
         .filter(|t| !t.is_empty())
 }
 
+/// The values of every cookie named `name` in the `Cookie` fields, in order (`a=1; srv=x`).
+pub fn cookies<'h>(headers: &'h HeaderMap, name: &'h str) -> impl Iterator<Item = &'h [u8]> {
+    headers
+        .get_all(http::header::COOKIE)
+        .into_iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
+        .filter_map(move |pair| {
+            let pair = pair.trim_ascii();
+            let eq = pair.iter().position(|b| *b == b'=')?;
+            (&pair[..eq] == name.as_bytes()).then(|| &pair[eq + 1..])
+        })
+}
+
 /// A route's `request_headers` or `response_headers`, names and values parsed once.
 /// Applied in the order remove, set, add.
 #[derive(Debug, Default, Clone)]

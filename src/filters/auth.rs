@@ -46,21 +46,22 @@ impl BearerTokens {
     /// True when `authorization` is `Bearer <token>` with a listed token. Every listed token is
     /// compared in full, so the time taken does not tell how much of a guess was right.
     pub fn allows(&self, authorization: Option<&HeaderValue>) -> bool {
-        let Some(value) = authorization else {
+        let Some(presented) = authorization.and_then(bearer) else {
             return false;
         };
-        let bytes = value.as_bytes();
-        let Some(scheme) = bytes.get(..7) else {
-            return false;
-        };
-        if !scheme.eq_ignore_ascii_case(b"bearer ") {
-            return false;
-        }
-        let presented = bytes[7..].trim_ascii();
         self.0
             .iter()
             .fold(false, |found, t| found | constant_time_eq(t, presented))
     }
+}
+
+/// The token of `Authorization: Bearer <token>` (the scheme in any case), trimmed.
+pub fn bearer(authorization: &HeaderValue) -> Option<&[u8]> {
+    let bytes = authorization.as_bytes();
+    let scheme = bytes.get(..7)?;
+    scheme
+        .eq_ignore_ascii_case(b"bearer ")
+        .then(|| bytes[7..].trim_ascii())
 }
 
 impl Filter for BearerTokens {

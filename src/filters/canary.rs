@@ -9,7 +9,8 @@
 //! ```
 
 use super::{Build, Filter, Flow, Phases, Request};
-use http::{header, HeaderName};
+use crate::headers::cookies;
+use http::HeaderName;
 use serde::Deserialize;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -47,17 +48,13 @@ pub fn factory(settings: &serde_yaml::Value, build: &mut Build<'_>) -> Option<Ar
         build.error(Some("weight"), "a percentage: 0 to 100");
         ok = false;
     }
-    let header = match s
-        .header
-        .as_deref()
-        .map(|h| HeaderName::from_bytes(h.as_bytes()))
-    {
-        Some(Err(_)) => {
-            build.error(Some("header"), "invalid header name");
-            ok = false;
-            None
+    let header = match s.header.as_deref() {
+        Some(h) => {
+            let name = build.header_name("header", h);
+            ok &= name.is_some();
+            name
         }
-        other => other.and_then(Result::ok),
+        None => None,
     };
     ok.then(|| {
         Arc::new(Canary {
@@ -95,17 +92,7 @@ impl Canary {
             }
         }
         let name = self.cookie.as_deref()?;
-        req.head
-            .headers
-            .get_all(header::COOKIE)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
-            .filter_map(|pair| {
-                let pair = pair.trim_ascii();
-                let eq = pair.iter().position(|b| *b == b'=')?;
-                (&pair[..eq] == name.as_bytes()).then(|| word(&pair[eq + 1..]))?
-            })
-            .next()
+        cookies(&req.head.headers, name).find_map(word)
     }
 }
 

@@ -62,12 +62,8 @@ pub fn factory(settings: &serde_yaml::Value, build: &mut Build<'_>) -> Option<Ar
     let s: Settings = build.settings(settings)?;
     let mut copy = Vec::new();
     for (i, name) in s.copy_headers.iter().enumerate() {
-        match HeaderName::from_bytes(name.as_bytes()) {
-            Ok(h) => copy.push(h),
-            Err(_) => build.error(
-                Some(&format!("copy_headers[{i}]")),
-                format!("invalid header name {name:?}"),
-            ),
+        if let Some(h) = build.header_name(&format!("copy_headers[{i}]"), name) {
+            copy.push(h);
         }
     }
     let timeout = s.timeout.map_or(std::time::Duration::from_secs(5), |d| d.0);

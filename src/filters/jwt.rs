@@ -15,6 +15,7 @@
 
 use super::{Answer, Build, Exchange, Filter, Flow, Phases, Request};
 use crate::config::schema::Duration;
+use crate::request::view::query_value;
 use http::{header, HeaderName, HeaderValue};
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -91,15 +92,9 @@ pub fn factory(settings: &serde_yaml::Value, build: &mut Build<'_>) -> Option<Ar
     let mut ok = true;
     let mut claims = Vec::new();
     for (claim, name) in &s.claims_to_headers {
-        match HeaderName::from_bytes(name.as_bytes()) {
-            Ok(h) => claims.push((claim.clone(), h)),
-            Err(_) => {
-                build.error(
-                    Some(&format!("claims_to_headers.{claim}")),
-                    format!("invalid header name {name:?}"),
-                );
-                ok = false;
-            }
+        match build.header_name(&format!("claims_to_headers.{claim}"), name) {
+            Some(h) => claims.push((claim.clone(), h)),
+            None => ok = false,
         }
     }
     if let Some(q) = &s.query_param {
@@ -212,15 +207,6 @@ fn unauthorized(error: Option<&str>) -> Flow {
     )
 }
 
-/// `name`'s value in a raw query string (`a=1&access_token=x`).
-fn query_value<'q>(query: &'q str, name: &str) -> Option<&'q str> {
-    query
-        .split('&')
-        .filter_map(|pair| pair.split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
-}
-
 /// The request target without the `name` parameter.
 fn without_param(target: &str, name: &str) -> String {
     let Some((path, query)) = target.split_once('?') else {
@@ -292,12 +278,8 @@ impl Filter for Jwt {
             .head
             .headers
             .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                v.get(..7)
-                    .filter(|s| s.eq_ignore_ascii_case("bearer "))
-                    .map(|_| v[7..].trim())
-            });
+            .and_then(super::auth::bearer)
+            .and_then(|token| std::str::from_utf8(token).ok());
         let from_query = match (&self.query_param, &req.view.query) {
             (Some(name), Some(query)) => query_value(query, name),
             _ => None,

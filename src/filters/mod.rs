@@ -387,6 +387,12 @@ impl Build<'_> {
         self.errs.push(path, message);
     }
 
+    /// `name` as a header name, or `None` with `invalid header name "..."` reported under
+    /// `key` of the settings.
+    pub fn header_name(&mut self, key: &str, name: &str) -> Option<HeaderName> {
+        crate::config::validate::header_name(self.errs, &format!("{}.{key}", self.path), name)
+    }
+
     /// The file has an upstream group of this name.
     pub fn has_upstream(&self, name: &str) -> bool {
         self.groups.contains_key(name)

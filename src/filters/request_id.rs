@@ -29,10 +29,7 @@ pub struct RequestId {
 pub fn factory(settings: &serde_yaml::Value, build: &mut Build<'_>) -> Option<Arc<dyn Filter>> {
     let s: Settings = build.settings(settings)?;
     let name = s.header.as_deref().unwrap_or("x-request-id");
-    let Ok(header) = HeaderName::from_bytes(name.as_bytes()) else {
-        build.error(Some("header"), format!("invalid header name {name:?}"));
-        return None;
-    };
+    let header = build.header_name("header", name)?;
     Some(Arc::new(RequestId { header }))
 }
 

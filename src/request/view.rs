@@ -271,6 +271,15 @@ fn separated(path: &str) -> Option<String> {
     Some(out)
 }
 
+/// The raw value of parameter `name` in a query string (`a=1&room=blue`), the first one.
+pub fn query_value<'q>(query: &'q str, name: &str) -> Option<&'q str> {
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
 /// The path a route prefix in the config stands for, in canonical form (a prefix written with
 /// `%7E` or `//` would otherwise never match). `Err`: why it can never match a request.
 pub fn canonical_prefix(prefix: &str) -> Result<Cow<'_, str>, &'static str> {

@@ -5,7 +5,8 @@ use super::health::{self, HealthSchedule};
 use super::peer::Peer;
 use crate::config::schema::{Balance, HashKey, SameSite, SecureFlag, UpstreamSection};
 use crate::config::{validate, ConfigErrors};
-use crate::request::View;
+use crate::headers::cookies;
+use crate::request::view::{query_value, View};
 use futures_util::FutureExt;
 use http::HeaderName;
 use pingora::http::RequestHeader;
@@ -164,15 +165,8 @@ impl UpstreamGroup {
     pub fn request_key(&self, req: &RequestHeader, view: &View) -> Option<Box<[u8]>> {
         let value: &[u8] = match self.hash_key.as_ref()? {
             KeySource::Header(name) => req.headers.get(name)?.as_bytes(),
-            KeySource::Cookie(name) => cookie(req, name)?,
-            KeySource::Query(name) => view
-                .query
-                .as_deref()?
-                .split('&')
-                .filter_map(|pair| pair.split_once('='))
-                .find(|(k, _)| *k == name)?
-                .1
-                .as_bytes(),
+            KeySource::Cookie(name) => cookies(&req.headers, name).next()?,
+            KeySource::Query(name) => query_value(view.query.as_deref()?, name)?.as_bytes(),
             KeySource::Path => view.path.as_bytes(),
             KeySource::Ip => return None,
         };
@@ -369,19 +363,6 @@ fn hash_key(section: &UpstreamSection, path: &str, errs: &mut ConfigErrors) -> O
     })
 }
 
-/// The value of cookie `name` in the request's `Cookie` headers.
-pub fn cookie<'r>(req: &'r RequestHeader, name: &str) -> Option<&'r [u8]> {
-    req.headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .flat_map(|v| v.as_bytes().split(|b| *b == b';'))
-        .find_map(|pair| {
-            let pair = pair.trim_ascii();
-            let eq = pair.iter().position(|b| *b == b'=')?;
-            (&pair[..eq] == name.as_bytes()).then(|| &pair[eq + 1..])
-        })
-}
-
 /// Sticky sessions: the cookie, its attributes, and each peer's opaque id (a digest of the
 /// group's name and the peer's address: the same on every instance with the same file, and
 /// not the address).
@@ -454,7 +435,7 @@ impl Sticky {
     /// The peer the request's cookie names, if it names one of this group's (a forged or stale
     /// id names none).
     pub fn pinned(&self, req: &RequestHeader) -> Option<SocketAddr> {
-        let id = std::str::from_utf8(cookie(req, &self.cookie)?).ok()?;
+        let id = std::str::from_utf8(cookies(&req.headers, &self.cookie).next()?).ok()?;
         self.by_id.get(id).copied()
     }
 
