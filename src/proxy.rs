@@ -71,6 +71,14 @@ impl ProxyHttp for Portico {
         ctx.upgrade = admission.upgrade != Upgrade::No;
         ctx.connection_slot = admission.slot;
         (ctx.upstream, ctx.vars, ctx.ext) = (admission.upstream, admission.vars, admission.ext);
+        if let Some(answer) = admission.answer {
+            if answer.close {
+                session.set_keepalive(None);
+            }
+            return reject(session, ctx, &answer).await;
+        }
+        // What `balance: hash` hashes and the peer a sticky cookie names, for a request that
+        // goes to a peer.
         if let Some(group) = ctx
             .group()
             .filter(|g| g.hash_key.is_some() || g.sticky.is_some())
@@ -79,12 +87,6 @@ impl ProxyHttp for Portico {
             let key = group.request_key(req, &ctx.view);
             let pinned = group.sticky.as_ref().and_then(|s| s.pinned(req));
             ctx.attempts.steer(key, pinned);
-        }
-        if let Some(answer) = admission.answer {
-            if answer.close {
-                session.set_keepalive(None);
-            }
-            return reject(session, ctx, &answer).await;
         }
         match admission.upgrade {
             Upgrade::WebSocket => {

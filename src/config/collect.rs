@@ -171,27 +171,25 @@ fn walk<'v>(tree: &'v mut Value, path: &str) -> Option<(&'v mut Value, String, O
     let mut node = tree;
     let mut i = 0;
     while i < steps.len() {
-        // The longest run of key steps that names a key here (keys with dots).
         let (last, consumed, key) = match &steps[i] {
             Step::Index(n) => (i + 1 == steps.len(), 1, Err(*n)),
+            // Keys may hold dots (`api.v2`): the shortest run of key steps that names a key
+            // here, or the rest of the path (a key that is missing).
             Step::Key(_) => {
-                let mut j = i;
-                let mut key = String::new();
-                let mut found = None;
-                while let Some(Step::Key(k)) = steps.get(j) {
+                let (mut j, mut key) = (i, String::new());
+                loop {
+                    let Some(Step::Key(k)) = steps.get(j) else {
+                        return None;
+                    };
                     if j > i {
                         key.push('.');
                     }
                     key.push_str(k);
                     j += 1;
-                    if node.get(key.as_str()).is_some() || j == steps.len() {
-                        found = Some((j, key.clone()));
-                        if node.get(key.as_str()).is_some() {
-                            break;
-                        }
+                    if j == steps.len() || node.get(key.as_str()).is_some() {
+                        break;
                     }
                 }
-                let (j, key) = found?;
                 (j == steps.len(), j - i, Ok(key))
             }
         };

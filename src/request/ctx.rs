@@ -5,13 +5,13 @@
 use super::View;
 use crate::filters::{Client, Exchange, Vars};
 use crate::limits::ConnectionSlot;
-use crate::metrics::METRICS;
+use crate::metrics::{RouteMetrics, METRICS};
 use crate::snapshot::{Route, Snapshot};
 use crate::upstream::attempts::Attempts;
 use crate::upstream::UpstreamGroup;
 use pingora::http::RequestHeader;
 use pingora::proxy::Session;
-use prometheus::IntGauge;
+use prometheus::{Histogram, HistogramVec, IntGauge};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Instant;
@@ -105,14 +105,11 @@ impl RequestCtx {
         let now = Instant::now();
         if let Some(started) = self.connect_started {
             let seconds = now.duration_since(started).as_secs_f64();
-            match (self.route_metrics(), self.group()) {
-                (Some(m), _) => m.upstream_connect.observe(seconds),
-                (None, Some(g)) => METRICS
-                    .upstream_connect_duration
-                    .with_label_values(&[g.name.as_str()])
-                    .observe(seconds),
-                _ => {}
-            }
+            self.observe_upstream(
+                |m| &m.upstream_connect,
+                &METRICS.upstream_connect_duration,
+                seconds,
+            );
         }
         self.connected = Some(now);
     }
@@ -121,21 +118,35 @@ impl RequestCtx {
     pub(crate) fn mark_answered(&self) {
         if let Some(connected) = self.connected {
             let seconds = connected.elapsed().as_secs_f64();
-            match (self.route_metrics(), self.group()) {
-                (Some(m), _) => m.upstream_response.observe(seconds),
-                (None, Some(g)) => METRICS
-                    .upstream_response_duration
-                    .with_label_values(&[g.name.as_str()])
-                    .observe(seconds),
-                _ => {}
-            }
+            self.observe_upstream(
+                |m| &m.upstream_response,
+                &METRICS.upstream_response_duration,
+                seconds,
+            );
+        }
+    }
+
+    /// Observes an upstream time in the route's series (resolved when the configuration was
+    /// compiled), or, when a filter chose another group, in that group's series by name.
+    fn observe_upstream(
+        &self,
+        route_series: fn(&RouteMetrics) -> &Histogram,
+        by_group: &HistogramVec,
+        seconds: f64,
+    ) {
+        match (self.route_metrics(), self.group()) {
+            (Some(m), _) => route_series(m).observe(seconds),
+            (None, Some(g)) => by_group
+                .with_label_values(&[g.name.as_str()])
+                .observe(seconds),
+            _ => {}
         }
     }
 
     /// The route's series, resolved when the configuration was compiled; `None` when there is
     /// no route, or a filter sent the request to another group (then the series are looked up
     /// by the group's name).
-    pub(crate) fn route_metrics(&self) -> Option<&crate::metrics::RouteMetrics> {
+    pub(crate) fn route_metrics(&self) -> Option<&RouteMetrics> {
         match self.upstream {
             Some(_) => None,
             None => self.route().map(|r| &r.metrics),

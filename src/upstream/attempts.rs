@@ -89,7 +89,6 @@ impl Attempts {
         again
     }
 
-    /// The current peer.
     /// What the group's balance looks at besides the client IP: the `balance: hash` key and
     /// the peer a sticky cookie names.
     pub fn steer(&mut self, key: Option<Box<[u8]>>, pinned: Option<SocketAddr>) {
@@ -102,6 +101,7 @@ impl Attempts {
         self.pinned
     }
 
+    /// The current peer.
     pub fn peer(&self) -> Option<&Arc<Peer>> {
         self.current.as_ref().map(InflightGuard::peer)
     }
