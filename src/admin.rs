@@ -181,6 +181,7 @@ fn status_json(snapshot: &SharedSnapshot) -> Vec<u8> {
         let g = &s.upstreams[name];
         let peers: Vec<_> = g
             .peers()
+            .into_iter()
             .map(|(p, healthy)| {
                 serde_json::json!({
                     "address": p.addr.to_string(),
@@ -190,14 +191,33 @@ fn status_json(snapshot: &SharedSnapshot) -> Vec<u8> {
                 })
             })
             .collect();
-        upstreams.insert(
-            name.clone(),
-            serde_json::json!({
-                "balance": g.balance.as_str(),
-                "health_check": g.health.is_some(),
-                "peers": peers,
-            }),
-        );
+        let mut group = serde_json::json!({
+            "balance": g.balance.as_str(),
+            "health_check": g.health.is_some(),
+            "peers": peers,
+        });
+        if let Some(d) = &g.discovery {
+            let names: Vec<_> = d
+                .names
+                .iter()
+                .zip(d.answers())
+                .map(|(n, a)| {
+                    serde_json::json!({
+                        "name": n.host,
+                        "port": n.port,
+                        "addresses": a.addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                        "resolved_at": a.resolved_at
+                            .map(|t| humantime::format_rfc3339_seconds(t).to_string()),
+                        "error": a.error,
+                    })
+                })
+                .collect();
+            group["resolve"] = serde_json::json!({
+                "interval": humantime::format_duration(d.schedule.interval).to_string(),
+                "names": names,
+            });
+        }
+        upstreams.insert(name.clone(), group);
     }
     serde_json::to_vec_pretty(&serde_json::json!({
         "config": {

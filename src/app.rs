@@ -33,8 +33,32 @@ const DEFAULT_WRITE_BUFFER: usize = 1024;
 const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(30);
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The first DNS round of every group under `resolve`, before anything serves (bounded by the
+/// groups' query timeouts). A name that does not resolve yet leaves its group empty (503) and
+/// is tried again on the group's interval.
+fn resolve_first(snapshot: &Snapshot) {
+    let groups: Vec<_> = snapshot
+        .upstreams
+        .values()
+        .filter(|g| g.discovery.is_some())
+        .collect();
+    if groups.is_empty() {
+        return;
+    }
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(futures_util::future::join_all(
+            groups.iter().map(|g| g.prime(None)),
+        )),
+        Err(e) => fail(&format!("cannot start the resolver: {e}")),
+    };
+}
+
 /// Runs portico until it is told to stop; never returns.
 pub fn run(cli: &Cli, snapshot: Snapshot) -> ! {
+    resolve_first(&snapshot);
     let conf = server_conf(&snapshot, cli);
     let limits = conn::ConnLimits::new(&snapshot.server);
     raise_open_files_limit(limits.max_connections);

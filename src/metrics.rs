@@ -1,7 +1,8 @@
 //! Prometheus metrics: one registry of portico's own, served by the admin listener.
 //!
-//! Label sets are bounded by the config: route and upstream names, peer addresses from the
-//! file, status classes and fixed outcome words; never raw paths or client addresses.
+//! Label sets are bounded by the config: route and upstream names, peer addresses (from the
+//! file, or at most 256 per name from DNS), status classes and fixed outcome words; never raw
+//! paths or client addresses.
 
 use crate::snapshot::Snapshot;
 use prometheus::{
@@ -25,6 +26,8 @@ pub struct Metrics {
     pub peer_up: IntGaugeVec,
     pub peer_in_flight: IntGaugeVec,
     pub health_checks: IntCounterVec,
+    pub peers_discovered: IntGaugeVec,
+    pub peer_changes: IntCounterVec,
     pub retries: IntCounterVec,
     pub rejections: IntCounterVec,
     pub reloads: IntCounterVec,
@@ -98,6 +101,8 @@ impl Metrics {
             peer_up: gauge(&r, "portico_peer_up", "1 when the peer is eligible (healthy), else 0", &["upstream", "peer"]),
             peer_in_flight: gauge(&r, "portico_peer_in_flight", "Requests and open WebSockets on the peer now", &["upstream", "peer"]),
             health_checks: counter(&r, "portico_health_checks_total", "Active health-check probes by result", &["upstream", "result"]),
+            peers_discovered: gauge(&r, "portico_peers_discovered", "Peers the group's DNS names resolve to now (resolve)", &["upstream"]),
+            peer_changes: counter(&r, "portico_peer_changes_total", "Peers DNS added to or removed from the group (resolve)", &["upstream", "change"]),
             retries: counter(&r, "portico_retries_total", "Connect failures retried on another peer", &["upstream"]),
             rejections: counter(&r, "portico_rejections_total", "Requests answered by portico itself, by reason", &["route", "reason"]),
             reloads: counter(&r, "portico_reloads_total", "SIGHUP reloads by outcome", &["outcome"]),
@@ -110,7 +115,13 @@ impl Metrics {
     pub fn render(&self, snapshot: &Snapshot) -> Vec<u8> {
         self.peer_up.reset();
         self.peer_in_flight.reset();
+        self.peers_discovered.reset();
         for group in snapshot.upstreams.values() {
+            if let Some(d) = &group.discovery {
+                self.peers_discovered
+                    .with_label_values(&[&group.name])
+                    .set(d.discovered() as i64);
+            }
             for (peer, healthy) in group.peers() {
                 let addr = peer.addr.to_string();
                 self.peer_up

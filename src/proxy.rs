@@ -85,7 +85,7 @@ impl ProxyHttp for Portico {
         {
             let req = session.req_header();
             let key = group.request_key(req, &ctx.view);
-            let pinned = group.sticky.as_ref().and_then(|s| s.pinned(req));
+            let pinned = group.pinned(req);
             ctx.attempts.steer(key, pinned);
         }
         match admission.upgrade {

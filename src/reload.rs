@@ -53,8 +53,13 @@ impl ReloadService {
         .await;
         match built {
             Ok(Ok((next, live))) => {
-                // A new or changed group is probed once before it serves, so a peer that is
-                // down does not get the first requests after the swap.
+                // A new or changed group resolves its names and probes its peers once before it
+                // serves, so it starts with its peers and a peer that is down does not get the
+                // first requests after the swap.
+                let rounds = next
+                    .new_groups(&live)
+                    .map(|g| g.prime(live.upstreams.get(&g.name).map(|o| &**o)));
+                futures_util::future::join_all(rounds).await;
                 let probes = next
                     .new_groups(&live)
                     .filter(|g| g.health.is_some())

@@ -164,6 +164,25 @@ pub struct UpstreamSection {
     /// Sticky sessions: a cookie pins a client to the peer that first served it.
     #[serde(default)]
     pub sticky: Option<StickySection>,
+    /// Peers given by host name follow DNS: re-resolved on an interval, added and removed live.
+    #[serde(default)]
+    pub resolve: Option<ResolveSection>,
+}
+
+/// `resolve: {interval: 5s, resolvers: [10.96.0.10:53]}`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResolveSection {
+    /// How often every name is resolved again (sooner when a record's TTL is shorter).
+    /// Default 5s.
+    #[serde(default)]
+    pub interval: Option<Duration>,
+    /// DNS servers, `IP` or `IP:port`; default: the system's (`/etc/resolv.conf`).
+    #[serde(default)]
+    pub resolvers: Vec<String>,
+    /// How long one query waits for an answer. Default 2s.
+    #[serde(default)]
+    pub timeout: Option<Duration>,
 }
 
 /// `hash_key`: `{header: NAME}`, `{cookie: NAME}`, `{query: NAME}`, `path` or `ip`.

@@ -23,29 +23,39 @@ pub fn listen_addr(errs: &mut ConfigErrors, path: &str, s: &str) -> Option<Socke
     }
 }
 
+/// A peer given by name, `host:port`, checked but not resolved (under `resolve` it is looked
+/// up later, again and again): a DNS name of letters, digits, `-`, `_` and dots.
+pub fn peer_name(errs: &mut ConfigErrors, path: &str, s: &str) -> Option<(String, u16)> {
+    let parsed = s.rsplit_once(':').and_then(|(host, port)| {
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b))
+        };
+        let name = host.strip_suffix('.').unwrap_or(host);
+        let valid = host.len() <= 253 && name.split('.').all(label_ok);
+        Some((host.to_owned(), port.parse::<u16>().ok()?)).filter(|_| valid)
+    });
+    if parsed.is_none() {
+        errs.push(
+            path,
+            format!("invalid peer address {s:?}: expected IP:port or host:port"),
+        );
+    }
+    parsed
+}
+
 /// A peer address: `IP:port`, or `host:port` resolved once, now, to its first address
 /// (as nginx does for a `server` line without `resolve`).
 pub fn peer_addr(errs: &mut ConfigErrors, path: &str, s: &str) -> Option<SocketAddr> {
     if let Ok(a) = s.parse::<SocketAddr>() {
         return Some(a);
     }
-    let Some((host, port)) = s.rsplit_once(':') else {
-        errs.push(
-            path,
-            format!("invalid peer address {s:?}: expected host:port"),
-        );
-        return None;
-    };
-    if host.is_empty() || port.parse::<u16>().is_err() {
-        errs.push(
-            path,
-            format!("invalid peer address {s:?}: expected host:port"),
-        );
-        return None;
-    }
+    let (_host, _) = peer_name(errs, path, s)?;
     // A fuzzer must not send DNS queries off this machine.
     #[cfg(fuzzing)]
-    if !host.eq_ignore_ascii_case("localhost") {
+    if !_host.eq_ignore_ascii_case("localhost") {
         errs.push(path, "host names are not resolved while fuzzing");
         return None;
     }

@@ -240,10 +240,8 @@ async fn await_peer<T>(session: &mut Session, work: impl Future<Output = T>) -> 
 /// and the request's cookie named another peer, or none, or one that does not exist.
 pub(crate) fn sticky_cookie(ctx: &RequestCtx) -> Option<String> {
     let sticky = ctx.group()?.sticky.as_ref()?;
-    let served = ctx.attempts.peer()?.addr;
-    (ctx.attempts.pinned() != Some(served))
-        .then(|| sticky.set_cookie(served, ctx.tls))
-        .flatten()
+    let served = ctx.attempts.peer()?;
+    (ctx.attempts.pinned() != Some(served.addr)).then(|| sticky.set_cookie(served, ctx.tls))
 }
 
 /// The next peer of `group` for this request ([`Attempts::next`]), its connect timed from now.

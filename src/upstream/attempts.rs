@@ -55,7 +55,6 @@ impl Attempts {
             };
             return Error::e_explain(HTTPStatus(code), format!("upstream {}: {why}", group.name));
         };
-        let peer = Arc::clone(peer);
         self.tried.push(peer.addr);
         self.current = Some(peer.track());
         Ok(peer)

@@ -1,25 +1,32 @@
 //! An upstream group compiled from its section: one Pingora `LoadBalancer` and one `select()`
-//! over round robin, ip_hash, random and least_conn, skipping unhealthy and already-tried peers.
+//! over round robin, ip_hash, hash, random and least_conn, skipping unhealthy and
+//! already-tried peers. Its members are fixed by the file, or follow DNS (`resolve`).
 
-use super::health::{self, HealthSchedule};
+use super::discovery::{Discovery, Name};
+use super::health;
 use super::peer::Peer;
+use super::schedule::Schedule;
 use crate::config::schema::{Balance, HashKey, SameSite, SecureFlag, UpstreamSection};
 use crate::config::{validate, ConfigErrors};
 use crate::headers::cookies;
+use crate::metrics::METRICS;
 use crate::request::view::{query_value, View};
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
 use futures_util::FutureExt;
 use http::HeaderName;
+use log::info;
 use pingora::http::RequestHeader;
-use pingora::lb::discovery::Static;
+use pingora::lb::discovery::ServiceDiscovery;
 use pingora::lb::selection::{BackendIter, BackendSelection, Consistent, Random, RoundRobin};
 use pingora::lb::{Backend, Backends, LoadBalancer};
-use pingora::upstreams::peer::HttpPeer;
+use pingora::upstreams::peer::{HttpPeer, PeerOptions};
 use pingora::utils::tls::{parse_x509, WrappedX509};
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// How far a selector walks looking for an acceptable peer (Ketama walks the ring).
 const MAX_ITERATIONS: usize = 256;
@@ -37,8 +44,59 @@ enum Balancer {
     LeastConn(LoadBalancer<RoundRobin>, AtomicUsize),
 }
 
-/// A compiled upstream group. Immutable but for health and in-flight counts, so a reload can
-/// keep an unchanged group (and its health state) by sharing the `Arc`.
+/// The peers a group has now: replaced as a whole when DNS answers change.
+pub struct Members {
+    peers: HashMap<SocketAddr, Arc<Peer>>,
+    /// Config order (a name's addresses in its place, sorted), for least_conn and /status.
+    order: Vec<SocketAddr>,
+    /// Sticky ids.
+    by_id: HashMap<Box<str>, SocketAddr>,
+}
+
+impl Members {
+    fn new(peers: Vec<Arc<Peer>>) -> Self {
+        Members {
+            order: peers.iter().map(|p| p.addr).collect(),
+            by_id: peers.iter().map(|p| (p.id.clone(), p.addr)).collect(),
+            peers: peers.into_iter().map(|p| (p.addr, p)).collect(),
+        }
+    }
+
+    pub fn get(&self, addr: &SocketAddr) -> Option<&Arc<Peer>> {
+        self.peers.get(addr)
+    }
+}
+
+/// Pingora's service discovery over a group's members: changing them is one `update()`, which
+/// keeps the health of the backends that stay.
+struct Membership(Arc<ArcSwap<Members>>);
+
+#[async_trait]
+impl ServiceDiscovery for Membership {
+    async fn discover(&self) -> pingora::Result<(BTreeSet<Backend>, HashMap<u64, bool>)> {
+        let members = self.0.load();
+        let backends = members.peers.values().map(|p| p.backend.clone()).collect();
+        Ok((backends, HashMap::new()))
+    }
+}
+
+/// What every peer of a group connects with (compiled once: picking a peer parses nothing).
+struct Template {
+    tls: bool,
+    sni: String,
+    options: PeerOptions,
+}
+
+impl Template {
+    fn peer(&self, group: &str, addr: SocketAddr, weight: usize) -> Arc<Peer> {
+        let mut template = HttpPeer::new(addr, self.tls, self.sni.clone());
+        template.options = self.options.clone();
+        Arc::new(Peer::new(group, addr, weight, template))
+    }
+}
+
+/// A compiled upstream group. Immutable but for its members (under `resolve`), health and
+/// in-flight counts, so a reload can keep an unchanged group (and its state) by sharing the `Arc`.
 pub struct UpstreamGroup {
     pub name: String,
     /// The section it was built from: a reload reuses this group when the new one is equal.
@@ -47,14 +105,15 @@ pub struct UpstreamGroup {
     pub retries: usize,
     /// How long a peer whose connect failed is skipped (0: never).
     pub fail_timeout: Duration,
-    pub health: Option<HealthSchedule>,
+    pub health: Option<Schedule>,
     /// What `balance: hash` hashes.
     pub hash_key: Option<KeySource>,
     pub sticky: Option<Sticky>,
+    /// The names re-resolved under `resolve`.
+    pub discovery: Option<Discovery>,
     balancer: Balancer,
-    peers: HashMap<SocketAddr, Arc<Peer>>,
-    /// Peers in config order, for /status and tests.
-    order: Vec<SocketAddr>,
+    members: Arc<ArcSwap<Members>>,
+    template: Template,
 }
 
 impl UpstreamGroup {
@@ -76,48 +135,63 @@ impl UpstreamGroup {
         let read_timeout = section.read_timeout.map_or(DEFAULT_READ_TIMEOUT, |d| d.0);
         validate::nonzero(errs, &format!("{path}.read_timeout"), read_timeout);
         let tls = section.tls.as_ref();
-        let sni = tls.and_then(|t| t.sni.clone()).unwrap_or_default();
         let ca = tls
             .and_then(|t| t.ca.as_deref())
             .and_then(|file| load_ca(file, &format!("{path}.tls.ca"), errs));
+        let mut options = HttpPeer::new("0.0.0.0:0", false, String::new()).options;
+        options.connection_timeout = Some(connect_timeout);
+        options.read_timeout = Some(read_timeout);
+        options.idle_timeout = Some(Duration::from_secs(60));
+        if let Some(t) = tls {
+            options.verify_cert = t.verify;
+            options.verify_hostname = t.verify;
+            options.ca = ca;
+        }
+        let template = Template {
+            tls: tls.is_some(),
+            sni: tls.and_then(|t| t.sni.clone()).unwrap_or_default(),
+            options,
+        };
 
-        let mut backends = BTreeSet::new();
-        let mut peers = HashMap::new();
-        let mut order = Vec::new();
+        // Under `resolve` a host name is looked up later, again and again; else now, once.
+        let mut fixed: Vec<(SocketAddr, usize)> = Vec::new();
+        let mut names = Vec::new();
         for (i, spec) in section.peers.iter().enumerate() {
             let ppath = format!("{path}.peers[{i}]");
             let weight =
                 validate::at_least_one(errs, &format!("{ppath}.weight"), spec.weight.unwrap_or(1));
+            if section.resolve.is_some() && spec.address.parse::<SocketAddr>().is_err() {
+                if let Some((host, port)) = validate::peer_name(errs, &ppath, &spec.address) {
+                    names.push(Name { host, port, weight });
+                }
+                continue;
+            }
             let Some(addr) = validate::peer_addr(errs, &ppath, &spec.address) else {
                 continue;
             };
-            if peers.contains_key(&addr) {
+            if fixed.iter().any(|(a, _)| *a == addr) {
                 errs.push(ppath, format!("duplicate peer {addr}"));
                 continue;
             }
-            let mut template = HttpPeer::new(addr, tls.is_some(), sni.clone());
-            template.options.connection_timeout = Some(connect_timeout);
-            template.options.read_timeout = Some(read_timeout);
-            template.options.idle_timeout = Some(Duration::from_secs(60));
-            if let Some(t) = tls {
-                template.options.verify_cert = t.verify;
-                template.options.verify_hostname = t.verify;
-                template.options.ca = ca.clone();
-            }
-            let peer = Peer::new(addr, weight.max(1), template);
-            backends.insert(peer.backend.clone());
-            peers.insert(addr, Arc::new(peer));
-            order.push(addr);
+            fixed.push((addr, weight));
         }
+        let discovery = section.resolve.as_ref().and_then(|r| {
+            Discovery::build(r, names, fixed.clone(), &format!("{path}.resolve"), errs)
+        });
+        let peers = fixed
+            .iter()
+            .map(|&(addr, weight)| template.peer(name, addr, weight))
+            .collect();
+        let members = Arc::new(ArcSwap::from_pointee(Members::new(peers)));
         let hash_key = hash_key(section, path, errs);
         let sticky = section
             .sticky
             .as_ref()
-            .and_then(|s| Sticky::build(s, name, &order, &format!("{path}.sticky"), errs));
+            .and_then(|s| Sticky::build(s, &format!("{path}.sticky"), errs));
         let health = section.health_check.as_ref().and_then(|hc| {
             health::build(
                 name,
-                &peers,
+                &members,
                 hc,
                 tls.is_some(),
                 &format!("{path}.health_check"),
@@ -128,7 +202,7 @@ impl UpstreamGroup {
             return None;
         }
 
-        let mut view = Backends::new(Static::new(backends));
+        let mut view = Backends::new(Box::new(Membership(Arc::clone(&members))));
         let schedule = health.map(|(check, schedule)| {
             view.set_health_check(check);
             schedule
@@ -148,17 +222,27 @@ impl UpstreamGroup {
             health: schedule,
             hash_key,
             sticky,
+            discovery,
             balancer,
-            peers,
-            order,
+            members,
+            template,
         })
     }
 
     /// `addr` when it is a peer of this group that is healthy and not kept out after a failed
     /// connect: where a sticky cookie may send a request.
-    pub fn usable(&self, addr: SocketAddr) -> Option<&Arc<Peer>> {
-        let peer = self.peers.get(&addr)?;
-        (!peer.recently_failed() && self.is_healthy_in(self.backends(), peer)).then_some(peer)
+    pub fn usable(&self, addr: SocketAddr) -> Option<Arc<Peer>> {
+        let members = self.members.load();
+        let peer = members.get(&addr)?;
+        (!peer.recently_failed() && self.is_healthy(peer)).then(|| Arc::clone(peer))
+    }
+
+    /// The peer the request's sticky cookie names, if it names one of this group's (a forged or
+    /// stale id names none).
+    pub fn pinned(&self, req: &RequestHeader) -> Option<SocketAddr> {
+        let sticky = self.sticky.as_ref()?;
+        let id = std::str::from_utf8(cookies(&req.headers, &sticky.cookie).next()?).ok()?;
+        self.members.load().by_id.get(id).copied()
     }
 
     /// The bytes `balance: hash` hashes for this request; `None`: the client IP's.
@@ -176,51 +260,56 @@ impl UpstreamGroup {
     /// Picks a healthy peer not in `exclude` (peers this request already failed to reach).
     /// `key` is the client IP's bytes, used by ip_hash only. Peers whose connect failed within
     /// `fail_timeout` are skipped unless nothing else is left. `None`: no eligible peer.
-    pub fn select(&self, key: &[u8], exclude: &[SocketAddr]) -> Option<&Arc<Peer>> {
-        self.select_pass(key, exclude, true)
-            .or_else(|| self.select_pass(key, exclude, false))
+    pub fn select(&self, key: &[u8], exclude: &[SocketAddr]) -> Option<Arc<Peer>> {
+        let members = self.members.load();
+        self.select_pass(&members, key, exclude, true)
+            .or_else(|| self.select_pass(&members, key, exclude, false))
+            .cloned()
     }
 
-    fn select_pass(
+    fn select_pass<'m>(
         &self,
+        members: &'m Members,
         key: &[u8],
         exclude: &[SocketAddr],
         skip_failed: bool,
-    ) -> Option<&Arc<Peer>> {
+    ) -> Option<&'m Arc<Peer>> {
         let eligible = |peer: &Peer| {
             let out = exclude.contains(&peer.addr) || (skip_failed && peer.recently_failed());
             !out
         };
+        // A backend the selector still holds but the members no longer do (DNS just removed
+        // it) is not accepted: the walk goes on.
         let accept = |b: &Backend, healthy: bool| {
             healthy
                 && b.addr
                     .as_inet()
-                    .and_then(|a| self.peers.get(a))
+                    .and_then(|a| members.get(a))
                     .is_some_and(|p| eligible(p))
         };
         let backend = match &self.balancer {
             Balancer::RoundRobin(lb) => lb.select_with(key, MAX_ITERATIONS, accept),
             Balancer::IpHash(lb) => lb.select_with(key, MAX_ITERATIONS, accept),
             Balancer::Random(lb) => lb.select_with(key, MAX_ITERATIONS, accept),
-            Balancer::LeastConn(lb, cursor) => return self.least_conn(lb, cursor, eligible),
+            Balancer::LeastConn(_, cursor) => return self.least_conn(members, cursor, eligible),
         }?;
-        self.peers.get(backend.addr.as_inet()?)
+        members.get(backend.addr.as_inet()?)
     }
 
     /// The eligible peer with the fewest in-flight requests per unit of weight; ties go round
     /// robin from a moving start so equal peers share the load.
-    fn least_conn(
+    fn least_conn<'m>(
         &self,
-        lb: &LoadBalancer<RoundRobin>,
+        members: &'m Members,
         cursor: &AtomicUsize,
         eligible: impl Fn(&Peer) -> bool,
-    ) -> Option<&Arc<Peer>> {
-        let n = self.order.len();
+    ) -> Option<&'m Arc<Peer>> {
+        let n = members.order.len();
         let start = cursor.fetch_add(1, Ordering::Relaxed);
         let mut best: Option<&Arc<Peer>> = None;
         for i in 0..n {
-            let peer = &self.peers[&self.order[(start + i) % n]];
-            if !eligible(peer) || !self.is_healthy_in(lb.backends(), peer) {
+            let peer = &members.peers[&members.order[(start + i) % n]];
+            if !eligible(peer) || !self.is_healthy(peer) {
                 continue;
             }
             // a/wa < b/wb  <=>  a*wb < b*wa, without division.
@@ -233,8 +322,8 @@ impl UpstreamGroup {
         best
     }
 
-    fn is_healthy_in(&self, view: &Backends, peer: &Peer) -> bool {
-        view.ready(&peer.backend)
+    fn is_healthy(&self, peer: &Peer) -> bool {
+        self.backends().ready(&peer.backend)
     }
 
     fn backends(&self) -> &Backends {
@@ -245,18 +334,105 @@ impl UpstreamGroup {
         }
     }
 
-    /// Peers in config order with their current health.
-    pub fn peers(&self) -> impl Iterator<Item = (&Arc<Peer>, bool)> + '_ {
-        let view = self.backends();
-        self.order.iter().map(move |a| {
-            let p = &self.peers[a];
-            (p, self.is_healthy_in(view, p))
-        })
+    /// Peers in order with their current health.
+    pub fn peers(&self) -> Vec<(Arc<Peer>, bool)> {
+        let members = self.members.load();
+        members
+            .order
+            .iter()
+            .map(|a| {
+                let p = &members.peers[a];
+                (Arc::clone(p), self.is_healthy(p))
+            })
+            .collect()
     }
 
     /// One active health-check pass over this group's peers (all in parallel).
     pub async fn run_health_check(&self) {
         self.backends().run_health_check(true).await;
+    }
+
+    /// One DNS round under `resolve`: every name looked up, the members made to follow, the
+    /// next round scheduled (sooner when an answer expires first).
+    pub async fn rediscover(&self) {
+        let Some(d) = &self.discovery else {
+            return;
+        };
+        let expires = d.resolve(&self.name).await;
+        self.follow(d);
+        d.schedule.due_by(d.next_round(Instant::now(), expires));
+    }
+
+    /// The first DNS round of a group under `resolve`, before it serves (at start, or before a
+    /// reload swaps it in). A group that replaces `old` starts from the addresses `old` resolved
+    /// for the same names, so it serves them even if DNS does not answer now.
+    pub async fn prime(&self, old: Option<&UpstreamGroup>) {
+        let Some(d) = &self.discovery else {
+            return;
+        };
+        if let Some(old) = old.and_then(|o| o.discovery.as_ref()) {
+            d.seed(old);
+            self.follow(d);
+        }
+        if d.schedule.claim(Instant::now()) {
+            self.rediscover().await;
+            d.schedule.release();
+        }
+    }
+
+    /// Makes the members what `d`'s answers say: peers that stay are kept as they are (health,
+    /// in-flight counts, passive failures), new ones added, the others removed.
+    fn follow(&self, d: &Discovery) {
+        let old = self.members.load_full();
+        let mut peers = Vec::new();
+        for (addr, weight) in d.peers() {
+            let kept = old.get(&addr).filter(|p| p.weight == weight);
+            peers.push(
+                kept.map_or_else(|| self.template.peer(&self.name, addr, weight), Arc::clone),
+            );
+        }
+        let added: Vec<SocketAddr> = peers
+            .iter()
+            .map(|p| p.addr)
+            .filter(|a| old.get(a).is_none())
+            .collect();
+        let new = Members::new(peers);
+        let removed: Vec<SocketAddr> = old
+            .order
+            .iter()
+            .copied()
+            .filter(|a| new.get(a).is_none())
+            .collect();
+        if added.is_empty() && removed.is_empty() {
+            return;
+        }
+        self.members.store(Arc::new(new));
+        self.update_balancer();
+        for (change, addrs) in [("added", &added), ("removed", &removed)] {
+            if addrs.is_empty() {
+                continue;
+            }
+            let list: Vec<String> = addrs.iter().map(SocketAddr::to_string).collect();
+            info!(
+                "upstream {}: DNS {change} peer(s) {}",
+                self.name,
+                list.join(", ")
+            );
+            METRICS
+                .peer_changes
+                .with_label_values(&[self.name.as_str(), change])
+                .inc_by(addrs.len() as u64);
+        }
+    }
+
+    /// Rebuilds the selector from the members (the discovery above is ready at once).
+    fn update_balancer(&self) {
+        let updated = match &self.balancer {
+            Balancer::RoundRobin(lb) | Balancer::LeastConn(lb, _) => lb.update().now_or_never(),
+            Balancer::IpHash(lb) => lb.update().now_or_never(),
+            Balancer::Random(lb) => lb.update().now_or_never(),
+        };
+        debug_assert!(matches!(updated, Some(Ok(()))));
     }
 }
 
@@ -309,11 +485,11 @@ where
     S::Iter: BackendIter,
 {
     let lb = LoadBalancer::from_backends(view);
-    // Static discovery never waits, so the first update completes in this poll.
+    // Membership never waits or fails, so the first update completes in this poll.
     lb.update()
         .now_or_never()
-        .expect("static discovery is ready at once")
-        .expect("static discovery does not fail");
+        .expect("membership is ready at once")
+        .expect("membership does not fail");
     lb
 }
 
@@ -363,24 +539,18 @@ fn hash_key(section: &UpstreamSection, path: &str, errs: &mut ConfigErrors) -> O
     })
 }
 
-/// Sticky sessions: the cookie, its attributes, and each peer's opaque id (a digest of the
-/// group's name and the peer's address: the same on every instance with the same file, and
-/// not the address).
+/// Sticky sessions: the cookie and its attributes (each peer's opaque id is the peer's).
 #[derive(Debug)]
 pub struct Sticky {
     pub cookie: String,
     /// `; Path=/; Max-Age=...; HttpOnly; SameSite=...` (Secure added per request).
     attributes: String,
     secure: SecureFlag,
-    by_id: HashMap<String, SocketAddr>,
-    ids: HashMap<SocketAddr, String>,
 }
 
 impl Sticky {
     fn build(
         s: &crate::config::schema::StickySection,
-        group: &str,
-        peers: &[SocketAddr],
         path: &str,
         errs: &mut ConfigErrors,
     ) -> Option<Sticky> {
@@ -414,43 +584,25 @@ impl Sticky {
             SameSite::Strict => "; SameSite=Strict",
             SameSite::None => "; SameSite=None",
         });
-        let ids: HashMap<SocketAddr, String> = peers
-            .iter()
-            .map(|addr| {
-                use sha2::Digest;
-                let digest = sha2::Sha256::digest(format!("portico sticky\0{group}\0{addr}"));
-                let id: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-                (*addr, id)
-            })
-            .collect();
         Some(Sticky {
             cookie: s.cookie.clone(),
             attributes,
             secure: s.secure,
-            by_id: ids.iter().map(|(a, id)| (id.clone(), *a)).collect(),
-            ids,
         })
     }
 
-    /// The peer the request's cookie names, if it names one of this group's (a forged or stale
-    /// id names none).
-    pub fn pinned(&self, req: &RequestHeader) -> Option<SocketAddr> {
-        let id = std::str::from_utf8(cookies(&req.headers, &self.cookie).next()?).ok()?;
-        self.by_id.get(id).copied()
-    }
-
     /// The `Set-Cookie` value pinning a client to `peer`.
-    pub fn set_cookie(&self, peer: SocketAddr, tls: bool) -> Option<String> {
-        let id = self.ids.get(&peer)?;
+    pub fn set_cookie(&self, peer: &Peer, tls: bool) -> String {
         let secure = match self.secure {
             SecureFlag::Auto => tls,
             SecureFlag::Always(s) => s,
         };
-        Some(format!(
-            "{}={id}{}{}",
+        format!(
+            "{}={}{}{}",
             self.cookie,
+            peer.id,
             self.attributes,
             if secure { "; Secure" } else { "" }
-        ))
+        )
     }
 }

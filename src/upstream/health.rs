@@ -1,11 +1,14 @@
 //! Active health checks: the Pingora check built from a group's `health_check` section, and the
-//! one background service that runs every group's checks at its own interval.
+//! one background service that runs every group's checks and DNS rounds at their intervals.
 
-use super::{Peer, UpstreamGroup};
+use super::balancer::Members;
+use super::schedule::Schedule;
+use super::UpstreamGroup;
 use crate::config::schema::{HealthCheckSection, HealthCheckType};
 use crate::config::{validate, ConfigErrors};
 use crate::metrics::METRICS;
 use crate::snapshot::SharedSnapshot;
+use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use log::debug;
 use pingora::lb::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
@@ -13,10 +16,7 @@ use pingora::lb::Backend;
 use pingora::prelude::*;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
-use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
@@ -26,24 +26,16 @@ const DEFAULT_UNHEALTHY: usize = 3;
 /// The longest the service sleeps before looking at the (possibly reloaded) config again.
 const MAX_TICK: Duration = Duration::from_millis(500);
 
-/// When a group's next check is due; owned by the group so a reload that keeps the group keeps
-/// its rhythm, and a new group is checked at once.
-pub struct HealthSchedule {
-    pub interval: Duration,
-    next_due: Mutex<Instant>,
-    running: AtomicBool,
-}
-
 /// Compiles a `health_check` section into a Pingora check (counted in the metrics under
 /// `upstream`) and its schedule.
 pub fn build(
     upstream: &str,
-    peers: &HashMap<SocketAddr, Arc<Peer>>,
+    members: &Arc<ArcSwap<Members>>,
     hc: &HealthCheckSection,
     tls: bool,
     path: &str,
     errs: &mut ConfigErrors,
-) -> Option<(Box<dyn HealthCheck + Send + Sync>, HealthSchedule)> {
+) -> Option<(Box<dyn HealthCheck + Send + Sync>, Schedule)> {
     let before = errs.0.len();
     let interval = validate::nonzero(
         errs,
@@ -107,17 +99,12 @@ pub fn build(
     if errs.0.len() > before {
         return None;
     }
-    let schedule = HealthSchedule {
-        interval,
-        next_due: Mutex::new(Instant::now()),
-        running: AtomicBool::new(false),
-    };
     let counted = Counted {
         inner: check,
         upstream: upstream.to_owned(),
-        peers: peers.clone(),
+        members: Arc::clone(members),
     };
-    Some((Box::new(counted), schedule))
+    Some((Box::new(counted), Schedule::new(interval)))
 }
 
 /// A check that counts its probes by result for `portico_health_checks_total`, and lets a
@@ -126,7 +113,7 @@ pub fn build(
 struct Counted {
     inner: Box<dyn HealthCheck + Send + Sync>,
     upstream: String,
-    peers: HashMap<SocketAddr, Arc<Peer>>,
+    members: Arc<ArcSwap<Members>>,
 }
 
 #[async_trait]
@@ -134,11 +121,10 @@ impl HealthCheck for Counted {
     async fn check(&self, target: &Backend) -> Result<()> {
         let result = self.inner.check(target).await;
         let outcome = if result.is_ok() { "ok" } else { "failed" };
-        if let (Ok(()), Some(peer)) = (
-            &result,
-            target.addr.as_inet().and_then(|a| self.peers.get(a)),
-        ) {
-            peer.clear_failed();
+        if let (Ok(()), Some(addr)) = (&result, target.addr.as_inet()) {
+            if let Some(peer) = self.members.load().get(addr) {
+                peer.clear_failed();
+            }
         }
         METRICS
             .health_checks
@@ -160,8 +146,8 @@ impl HealthCheck for Counted {
     }
 }
 
-/// Runs the health checks of whichever groups the current snapshot holds (and, on the same
-/// tick, lets the rate limiters forget clients that went quiet); groups come and go
+/// Runs the health checks and DNS rounds of whichever groups the current snapshot holds (and,
+/// on the same tick, lets the rate limiters forget clients that went quiet); groups come and go
 /// with reloads, so it reads the snapshot on every tick instead of owning a fixed list.
 pub struct HealthService {
     pub snapshot: SharedSnapshot,
@@ -181,20 +167,36 @@ impl BackgroundService for HealthService {
     }
 }
 
-/// One group's check pass in flight; dropping it (done, or a panic) lets the next one start,
-/// so one failed pass cannot stop the group's checks for good.
-struct Pass(Arc<UpstreamGroup>);
+/// A group's background jobs.
+#[derive(Clone, Copy)]
+enum Job {
+    HealthCheck,
+    Resolve,
+}
 
-impl Drop for Pass {
+impl Job {
+    fn schedule(self, group: &UpstreamGroup) -> Option<&Schedule> {
+        match self {
+            Job::HealthCheck => group.health.as_ref(),
+            Job::Resolve => group.discovery.as_ref().map(|d| &d.schedule),
+        }
+    }
+}
+
+/// One group's job in flight; dropping it (done, or a panic) lets the next one start, so one
+/// failed pass cannot stop the group's checks or rounds for good.
+struct Running(Arc<UpstreamGroup>, Job);
+
+impl Drop for Running {
     fn drop(&mut self) {
-        if let Some(s) = &self.0.health {
-            s.running.store(false, Ordering::Release);
+        if let Some(s) = self.1.schedule(&self.0) {
+            s.release();
         }
     }
 }
 
 impl HealthService {
-    /// Starts the checks that are due and returns how long to sleep until the next one.
+    /// Starts the jobs that are due and returns how long to sleep until the next one.
     fn tick(&self) -> Duration {
         let snapshot = self.snapshot.load_full();
         let now = Instant::now();
@@ -203,20 +205,25 @@ impl HealthService {
         }
         let mut wait = MAX_TICK;
         for group in snapshot.upstreams.values() {
-            let Some(schedule) = &group.health else {
-                continue;
-            };
-            let mut due = schedule.next_due.lock().unwrap_or_else(|p| p.into_inner());
-            if *due <= now && !schedule.running.swap(true, Ordering::AcqRel) {
-                *due = now + schedule.interval;
-                let group: Arc<UpstreamGroup> = Arc::clone(group);
-                tokio::spawn(async move {
-                    let pass = Pass(group);
-                    debug!("health check pass for upstream {}", pass.0.name);
-                    pass.0.run_health_check().await;
-                });
+            for job in [Job::Resolve, Job::HealthCheck] {
+                let Some(schedule) = job.schedule(group) else {
+                    continue;
+                };
+                if schedule.claim(now) {
+                    let running = Running(Arc::clone(group), job);
+                    tokio::spawn(async move {
+                        let group = &running.0;
+                        match running.1 {
+                            Job::HealthCheck => {
+                                debug!("health check pass for upstream {}", group.name);
+                                group.run_health_check().await;
+                            }
+                            Job::Resolve => group.rediscover().await,
+                        }
+                    });
+                }
+                wait = wait.min(schedule.wait(now));
             }
-            wait = wait.min(due.saturating_duration_since(now));
         }
         wait.max(Duration::from_millis(10))
     }

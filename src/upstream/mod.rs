@@ -3,9 +3,11 @@
 
 pub mod attempts;
 pub mod balancer;
+pub mod discovery;
 pub mod health;
 pub mod peer;
 pub mod pool;
+pub mod schedule;
 
 pub use balancer::UpstreamGroup;
 pub use peer::{InflightGuard, Peer};

@@ -17,6 +17,9 @@ pub struct Peer {
     pub template: HttpPeer,
     /// The same peer as the load balancer knows it (health is keyed by it).
     pub backend: Backend,
+    /// An opaque id, the same on every instance with the same file and not the address: a
+    /// sticky cookie holds it (a digest of the group's name and the address).
+    pub id: Box<str>,
     /// Requests in flight plus open upgraded connections: least_conn reads it, /status shows it.
     inflight: AtomicUsize,
     /// Passive health: until when (ms on [`clock_ms`]) a failed connect keeps this peer out.
@@ -30,14 +33,18 @@ fn clock_ms() -> u64 {
 }
 
 impl Peer {
-    pub fn new(addr: SocketAddr, weight: usize, template: HttpPeer) -> Self {
+    pub fn new(group: &str, addr: SocketAddr, weight: usize, template: HttpPeer) -> Self {
+        use sha2::Digest;
         let mut backend = Backend::new(&addr.to_string()).expect("a SocketAddr formats as one");
         backend.weight = weight;
+        let digest = sha2::Sha256::digest(format!("portico sticky\0{group}\0{addr}"));
+        let id: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
         Peer {
             addr,
             weight,
             template,
             backend,
+            id: id.into(),
             inflight: AtomicUsize::new(0),
             failed_until: AtomicU64::new(0),
         }

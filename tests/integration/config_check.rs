@@ -169,6 +169,7 @@ fn every_key_is_documented() {
         ("upstreams.*.health_check.", fields::<HealthCheckSection>()),
         ("upstreams.*.tls.", fields::<UpstreamTls>()),
         ("upstreams.*.sticky.", fields::<StickySection>()),
+        ("upstreams.*.resolve.", fields::<ResolveSection>()),
         ("routes[].", fields::<RouteSection>()),
         ("routes[].websocket.", fields::<WebSocketSection>()),
         ("routes[].request_headers.", fields::<HeaderRulesSection>()),

@@ -1,6 +1,7 @@
 //! portico's integration tests: the real binary, real origins and WebSocket echo servers on
 //! 127.0.0.1, real signals. One test binary; `harness` starts things, `origins` serves.
 
+mod dns;
 mod harness;
 mod origins;
 
@@ -8,6 +9,7 @@ mod affinity;
 mod balancing;
 mod canonical;
 mod config_check;
+mod discovery;
 mod examples;
 mod filters;
 mod forwarding;
