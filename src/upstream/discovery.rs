@@ -287,3 +287,77 @@ fn none_or_err(e: ResolveError) -> Result<(), String> {
         _ => Err(e.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn discovery(interval: Duration) -> Discovery {
+        let section = ResolveSection {
+            interval: Some(crate::config::schema::Duration(interval)),
+            resolvers: vec!["127.0.0.1:5353".into()],
+            timeout: None,
+        };
+        let names = vec![
+            Name {
+                host: "a.test".into(),
+                port: 80,
+                weight: 1,
+            },
+            Name {
+                host: "b.test".into(),
+                port: 81,
+                weight: 3,
+            },
+        ];
+        let fixed = vec![("10.0.0.1:80".parse().unwrap(), 2)];
+        Discovery::build(
+            &section,
+            names,
+            fixed,
+            "resolve",
+            &mut ConfigErrors::default(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_short_ttl_brings_the_next_round_forward_but_not_below_a_second() {
+        let d = discovery(Duration::from_secs(30));
+        let now = Instant::now();
+        assert_eq!(d.next_round(now, None), now + Duration::from_secs(30));
+        let soon = now + Duration::from_secs(4);
+        assert_eq!(d.next_round(now, Some(soon)), soon);
+        assert_eq!(d.next_round(now, Some(now)), now + MIN_TTL_WAIT);
+        let late = now + Duration::from_secs(300);
+        assert_eq!(d.next_round(now, Some(late)), now + Duration::from_secs(30));
+        // An interval under a second is kept: the TTL floor never slows a fast interval.
+        let fast = discovery(Duration::from_millis(200));
+        assert_eq!(
+            fast.next_round(now, Some(now)),
+            now + Duration::from_millis(200)
+        );
+    }
+
+    #[test]
+    fn peers_are_the_fixed_ones_then_each_names_addresses_once() {
+        let d = discovery(Duration::from_secs(5));
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        {
+            let mut answers = d.answers.lock().unwrap();
+            answers[0].addrs = vec![ip("10.0.0.1"), ip("10.0.0.2")];
+            answers[1].addrs = vec![ip("10.0.0.2"), ip("::1")];
+        }
+        let peers: Vec<(String, usize)> =
+            d.peers().iter().map(|(a, w)| (a.to_string(), *w)).collect();
+        let want = [
+            ("10.0.0.1:80", 2), // fixed, not again from a.test
+            ("10.0.0.2:80", 1),
+            ("10.0.0.2:81", 3), // the same address on b.test's port is another peer
+            ("[::1]:81", 3),
+        ];
+        let want: Vec<(String, usize)> = want.iter().map(|(a, w)| (a.to_string(), *w)).collect();
+        assert_eq!(peers, want);
+        assert_eq!(d.discovered(), 3);
+    }
+}
