@@ -68,6 +68,23 @@ pub fn peer_addr(errs: &mut ConfigErrors, path: &str, s: &str) -> Option<SocketA
     }
 }
 
+/// A cookie or query parameter name portico reads or sets: an RFC 9110 token (RFC 6265's
+/// cookie-name), never empty. `what` names it in the error (`cookie name`).
+pub fn token(errs: &mut ConfigErrors, path: &str, what: &str, name: &str) -> Option<String> {
+    let valid = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if !valid {
+        errs.push(
+            path,
+            format!("invalid {what} {name:?}: letters, digits and !#$%&'*+-.^_`|~"),
+        );
+        return None;
+    }
+    Some(name.to_owned())
+}
+
 /// A CIDR (`10.0.0.0/8`) or a single address (`127.0.0.1`, taken as /32 or /128).
 pub fn cidr(errs: &mut ConfigErrors, path: &str, s: &str) -> Option<IpNet> {
     if let Ok(net) = s.parse::<IpNet>() {

@@ -234,7 +234,7 @@ impl UpstreamGroup {
     pub fn usable(&self, addr: SocketAddr) -> Option<Arc<Peer>> {
         let members = self.members.load();
         let peer = members.get(&addr)?;
-        (!peer.recently_failed() && self.is_healthy(peer)).then(|| Arc::clone(peer))
+        (open_to(peer, &[], true) && self.is_healthy(peer)).then(|| Arc::clone(peer))
     }
 
     /// The peer the request's sticky cookie names, if it names one of this group's (a forged or
@@ -274,10 +274,7 @@ impl UpstreamGroup {
         exclude: &[SocketAddr],
         skip_failed: bool,
     ) -> Option<&'m Arc<Peer>> {
-        let eligible = |peer: &Peer| {
-            let out = exclude.contains(&peer.addr) || (skip_failed && peer.recently_failed());
-            !out
-        };
+        let eligible = |peer: &Peer| open_to(peer, exclude, skip_failed);
         // A backend the selector still holds but the members no longer do (DNS just removed
         // it) is not accepted: the walk goes on.
         let accept = |b: &Backend, healthy: bool| {
@@ -436,6 +433,13 @@ impl UpstreamGroup {
     }
 }
 
+/// Whether a request may go to `peer`, health aside: not tried by it yet (`exclude`) and, while
+/// `skip_failed`, not kept out after a failed connect.
+fn open_to(peer: &Peer, exclude: &[SocketAddr], skip_failed: bool) -> bool {
+    let kept_out = skip_failed && peer.recently_failed();
+    !(kept_out || exclude.contains(&peer.addr))
+}
+
 /// The CA certificates of a PEM file, as Pingora's connector takes them.
 pub(crate) fn load_ca(
     file: &str,
@@ -520,20 +524,14 @@ fn hash_key(section: &UpstreamSection, path: &str, errs: &mut ConfigErrors) -> O
         }
         (Some(k), _) => k,
     };
-    let token = |name: &str| {
-        !name.is_empty()
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?={}&".contains(&b))
-    };
     Some(match key {
         HashKey::Header(name) => KeySource::Header(validate::header_name(errs, &at, name)?),
-        HashKey::Cookie(name) | HashKey::Query(name) if !token(name) => {
-            errs.push(at, format!("invalid name {name:?}"));
-            return None;
+        HashKey::Cookie(name) => {
+            KeySource::Cookie(validate::token(errs, &at, "cookie name", name)?)
         }
-        HashKey::Cookie(name) => KeySource::Cookie(name.clone()),
-        HashKey::Query(name) => KeySource::Query(name.clone()),
+        HashKey::Query(name) => {
+            KeySource::Query(validate::token(errs, &at, "query parameter name", name)?)
+        }
         HashKey::Path => KeySource::Path,
         HashKey::Ip => KeySource::Ip,
     })
@@ -554,17 +552,7 @@ impl Sticky {
         path: &str,
         errs: &mut ConfigErrors,
     ) -> Option<Sticky> {
-        let valid = !s.cookie.is_empty()
-            && s.cookie
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-        if !valid {
-            errs.push(
-                format!("{path}.cookie"),
-                format!("invalid cookie name {:?}: letters, digits, -_.", s.cookie),
-            );
-            return None;
-        }
+        let cookie = validate::token(errs, &format!("{path}.cookie"), "cookie name", &s.cookie)?;
         if s.same_site == SameSite::None && s.secure == SecureFlag::Always(false) {
             errs.push(
                 format!("{path}.same_site"),
@@ -585,7 +573,7 @@ impl Sticky {
             SameSite::None => "; SameSite=None",
         });
         Some(Sticky {
-            cookie: s.cookie.clone(),
+            cookie,
             attributes,
             secure: s.secure,
         })
