@@ -30,6 +30,7 @@ pub struct Metrics {
     pub peer_changes: IntCounterVec,
     pub retries: IntCounterVec,
     pub rejections: IntCounterVec,
+    pub filter_errors: IntCounterVec,
     pub reloads: IntCounterVec,
     pub access_log_dropped: prometheus::IntCounter,
 }
@@ -105,6 +106,7 @@ impl Metrics {
             peer_changes: counter(&r, "portico_peer_changes_total", "Peers DNS added to or removed from the group (resolve)", &["upstream", "change"]),
             retries: counter(&r, "portico_retries_total", "Connect failures retried on another peer", &["upstream"]),
             rejections: counter(&r, "portico_rejections_total", "Requests answered by portico itself, by reason", &["route", "reason"]),
+            filter_errors: counter(&r, "portico_filter_errors_total", "Filter failures (a Wasm guest's trap, timeout or bad return), by route and filter", &["route", "filter"]),
             reloads: counter(&r, "portico_reloads_total", "SIGHUP reloads by outcome", &["outcome"]),
             access_log_dropped,
             registry: r,

@@ -30,6 +30,7 @@ pub mod request_headers;
 pub mod request_id;
 pub mod response_headers;
 pub mod strip_prefix;
+pub mod wasm;
 pub mod websocket;
 
 use crate::config::ConfigErrors;
@@ -417,6 +418,7 @@ impl Registry {
         r.add("canary", canary::factory);
         r.add("jwt", jwt::factory);
         r.add("forward_auth", forward_auth::factory);
+        r.add("wasm", wasm::factory);
         r
     }
 

@@ -24,4 +24,5 @@ mod resources;
 mod routing;
 mod tls;
 mod upgrades;
+mod wasm;
 mod websocket;

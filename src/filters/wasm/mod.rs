@@ -1,0 +1,387 @@
+//! `wasm`: a Proxy-Wasm filter (ABI 0.2.1 and 0.2.0, as Envoy runs them) on wasmtime. A module
+//! built once with a Proxy-Wasm SDK runs in Envoy and here; docs/filters.md lists what of the
+//! ABI is supported.
+//!
+//! ```yaml
+//! filters:
+//!   - wasm:
+//!       module: filters/tenant.wasm
+//!       root_id: tenant                   # which root context of the module
+//!       configuration: {header: x-tenant} # handed to the plugin (a map goes as JSON)
+//!       on_error: deny                    # deny (500) | allow
+//!       max_memory: 16m
+//!       call_timeout: 10ms
+//! ```
+//!
+//! The request phase runs `proxy_on_request_headers` (a local response ends the request there;
+//! header edits reach the peer), the response phase `proxy_on_response_headers`, and the end of
+//! the request `proxy_on_log`, `proxy_on_done` and `proxy_on_delete`. Routing and auth judged
+//! the request before: a guest cannot change its path, host or framing.
+
+mod host;
+mod stream;
+mod vm;
+
+use super::{Answer, Build, Exchange, Filter, Flow, Phases, Request};
+use crate::config::schema::{Duration as ConfigDuration, Size};
+use crate::metrics::METRICS;
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
+use log::warn;
+use pingora::http::{RequestHeader, ResponseHeader};
+use serde::Deserialize;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::thread::ThreadId;
+use std::time::{Duration, Instant};
+use stream::{Edit, Props, Stream};
+use vm::{Failure, Plugin};
+
+const DEFAULT_MAX_MEMORY: u64 = 16 << 20;
+const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_millis(10);
+/// Wasm's page is 64 KiB: a module cannot be given less than one.
+const MIN_MEMORY: u64 = 64 << 10;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    module: String,
+    #[serde(default)]
+    root_id: String,
+    /// The plugin's name in logs, metrics and `plugin_name`; default the root_id, else the
+    /// module's file name.
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    configuration: Option<serde_yaml::Value>,
+    #[serde(default)]
+    vm_configuration: Option<serde_yaml::Value>,
+    #[serde(default)]
+    on_error: OnError,
+    #[serde(default)]
+    max_memory: Option<Size>,
+    #[serde(default)]
+    call_timeout: Option<ConfigDuration>,
+}
+
+#[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq, Debug)]
+#[serde(rename_all = "lowercase")]
+enum OnError {
+    /// The request gets 500 and never reaches a peer.
+    #[default]
+    Deny,
+    /// The request goes on as if the filter were not there.
+    Allow,
+}
+
+/// A string is handed over as it is; anything else as JSON text.
+fn bytes_of(value: Option<serde_yaml::Value>) -> Result<Vec<u8>, String> {
+    match value {
+        None | Some(serde_yaml::Value::Null) => Ok(Vec::new()),
+        Some(serde_yaml::Value::String(s)) => Ok(s.into_bytes()),
+        Some(v) => serde_json::to_vec(&v).map_err(|e| format!("cannot be written as JSON: {e}")),
+    }
+}
+
+pub fn factory(settings: &serde_yaml::Value, build: &mut Build<'_>) -> Option<Arc<dyn Filter>> {
+    let s: Settings = build.settings(settings)?;
+    let configuration =
+        bytes_of(s.configuration).map_err(|e| build.error(Some("configuration"), e));
+    let vm_configuration =
+        bytes_of(s.vm_configuration).map_err(|e| build.error(Some("vm_configuration"), e));
+    let max_memory = s.max_memory.map_or(DEFAULT_MAX_MEMORY, |m| m.0);
+    if max_memory < MIN_MEMORY {
+        build.error(Some("max_memory"), "at least 64k (one Wasm page)");
+    }
+    let call_timeout = s.call_timeout.map_or(DEFAULT_CALL_TIMEOUT, |d| d.0);
+    if call_timeout < vm::TICK {
+        build.error(Some("call_timeout"), "at least 1ms");
+    }
+    let bytes = std::fs::read(&s.module).map_err(|e| {
+        build.error(
+            Some("module"),
+            format!(
+                "cannot read {}: {}",
+                s.module,
+                crate::config::os_message(&e)
+            ),
+        )
+    });
+    let (Ok(configuration), Ok(vm_configuration), Ok(bytes)) =
+        (configuration, vm_configuration, bytes)
+    else {
+        return None;
+    };
+    if max_memory < MIN_MEMORY || call_timeout < vm::TICK {
+        return None;
+    }
+    let module = match vm::compile(&bytes) {
+        Ok(m) => m,
+        Err(e) => {
+            build.error(Some("module"), format!("{}: {e}", s.module));
+            return None;
+        }
+    };
+    let stem = std::path::Path::new(&s.module)
+        .file_stem()
+        .map_or_else(|| s.module.clone(), |f| f.to_string_lossy().into_owned());
+    let name = s.name.unwrap_or_else(|| {
+        if s.root_id.is_empty() {
+            stem
+        } else {
+            s.root_id.clone()
+        }
+    });
+    let info = host::PluginInfo {
+        name: name.clone(),
+        root_id: s.root_id,
+        configuration,
+        vm_configuration,
+    };
+    let plugin = match Plugin::new(&module, info, max_memory as usize, call_timeout) {
+        Ok(p) => p,
+        Err(errors) => {
+            for e in errors {
+                build.error(Some("module"), format!("{}: {e}", s.module));
+            }
+            return None;
+        }
+    };
+    Some(Arc::new(Wasm {
+        plugin: Arc::new(plugin),
+        on_error: s.on_error,
+        label: format!("wasm:{name}"),
+        last_logged: AtomicU64::new(0),
+        suppressed: AtomicU64::new(0),
+    }))
+}
+
+pub struct Wasm {
+    plugin: Arc<Plugin>,
+    on_error: OnError,
+    /// `filter` in `portico_filter_errors_total`.
+    label: String,
+    /// Failures are logged once per second at most, with the count of those not logged.
+    last_logged: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+/// The plugin's state for one request, kept in the request's extensions; when the request
+/// ends (its context dropped) the guest's stream context ends too.
+struct Entry {
+    plugin: Arc<Plugin>,
+    ctx: i32,
+    thread: ThreadId,
+    request_edits: Vec<Edit>,
+    props: Mutex<Props>,
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        // A VM is its thread's: a context made elsewhere is not this thread's to end.
+        if std::thread::current().id() != self.thread {
+            return;
+        }
+        let props = std::mem::take(&mut *self.props.lock().unwrap_or_else(|p| p.into_inner()));
+        let stream = Stream {
+            request: Vec::new(),
+            response: None,
+            request_edits: Vec::new(),
+            response_edits: Vec::new(),
+            props,
+            local: None,
+        };
+        let ctx = self.ctx;
+        if let Err(e) = self
+            .plugin
+            .with_existing_vm(|vm, d| vm.finish(d, ctx, stream))
+        {
+            warn!(
+                "wasm {}: at the end of a request: {e}",
+                self.plugin.info.name
+            );
+        }
+    }
+}
+
+/// Every Wasm filter's entries of one request.
+#[derive(Clone, Default)]
+struct Entries(Vec<Arc<Entry>>);
+
+impl Entries {
+    fn of<'a>(ext: &'a http::Extensions, plugin: &Plugin) -> Option<&'a Arc<Entry>> {
+        ext.get::<Entries>()?
+            .0
+            .iter()
+            .find(|e| e.plugin.id == plugin.id)
+    }
+}
+
+static STARTED: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+impl Wasm {
+    /// Counts and logs (once a second at most) a failure; the answer `on_error` gives.
+    fn failed(&self, route: &str, phase: &str, e: &Failure) -> Flow {
+        METRICS
+            .filter_errors
+            .with_label_values(&[route, self.label.as_str()])
+            .inc();
+        let now = STARTED.elapsed().as_millis() as u64 + 1;
+        let last = self.last_logged.load(Ordering::Relaxed);
+        if (last == 0 || now.saturating_sub(last) >= 1000)
+            && self
+                .last_logged
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let more = self.suppressed.swap(0, Ordering::Relaxed);
+            let more = match more {
+                0 => String::new(),
+                n => format!(" ({n} more failures not logged in the last second)"),
+            };
+            warn!(
+                "wasm {} on route {route}: {phase} {e} ({}); on_error: {:?}{more}",
+                self.plugin.info.name,
+                e.kind(),
+                self.on_error
+            );
+        } else {
+            self.suppressed.fetch_add(1, Ordering::Relaxed);
+        }
+        match self.on_error {
+            OnError::Deny => Flow::Respond(Answer::new("filter_error", 500, "filter failed\n")),
+            OnError::Allow => Flow::Continue,
+        }
+    }
+}
+
+fn props(req: &Request<'_>) -> Props {
+    let mut path = req.view.path.clone();
+    if let Some(q) = &req.view.query {
+        path.push('?');
+        path.push_str(q);
+    }
+    Props {
+        path,
+        method: req.head.method.as_str().to_owned(),
+        host: req.view.host.clone().unwrap_or_default(),
+        scheme: if req.client.tls { "https" } else { "http" },
+        protocol: match req.head.version {
+            http::Version::HTTP_2 => "HTTP/2".into(),
+            http::Version::HTTP_10 => "HTTP/1.0".into(),
+            _ => "HTTP/1.1".into(),
+        },
+        id: req.vars.get("request_id").map(str::to_owned),
+        source: req.client.ip.to_string(),
+        route: req.route.to_owned(),
+        upstream: req.upstream().unwrap_or_default().to_owned(),
+        response_code: None,
+    }
+}
+
+/// The guest's local response as portico's answer; `None` when its status is not one.
+fn answer(status: u32, headers: Vec<(String, Vec<u8>)>, body: Vec<u8>) -> Option<Answer> {
+    let status = u16::try_from(status)
+        .ok()
+        .filter(|s| (200..=599).contains(s))?;
+    let headers = headers
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with(':'))
+        .filter_map(|(k, v)| {
+            Some((
+                HeaderName::from_bytes(k.as_bytes()).ok()?,
+                HeaderValue::from_bytes(&v).ok()?,
+            ))
+        })
+        .filter(|(k, _)| {
+            *k != http::header::CONTENT_LENGTH && *k != http::header::TRANSFER_ENCODING
+        })
+        .collect();
+    Some(Answer {
+        reason: "wasm",
+        status,
+        headers,
+        body: Bytes::from(body),
+        close: false,
+    })
+}
+
+impl Filter for Wasm {
+    fn phases(&self) -> Phases {
+        Phases::REQUEST | Phases::UPSTREAM_REQUEST | Phases::RESPONSE
+    }
+
+    fn request(&self, req: &mut Request<'_>) -> Flow {
+        let props = props(req);
+        let stream = Stream::new(req.head, props);
+        let end = !req.head.headers.contains_key(http::header::CONTENT_LENGTH)
+            && !req
+                .head
+                .headers
+                .contains_key(http::header::TRANSFER_ENCODING);
+        let (ctx, stream) = match self.plugin.with_vm(|vm, d| vm.request(d, stream, end)) {
+            Ok(Some(done)) => done,
+            Ok(None) => return Flow::Continue,
+            Err(e) => return self.failed(req.route, "on request headers", &e),
+        };
+        let entry = Arc::new(Entry {
+            plugin: Arc::clone(&self.plugin),
+            ctx,
+            thread: std::thread::current().id(),
+            request_edits: stream.request_edits,
+            props: Mutex::new(stream.props),
+        });
+        match req.ext.get_mut::<Entries>() {
+            Some(entries) => entries.0.push(entry),
+            None => {
+                req.ext.insert(Entries(vec![entry]));
+            }
+        }
+        match stream.local {
+            None => Flow::Continue,
+            Some((status, headers, body)) => match answer(status, headers, body) {
+                Some(a) => Flow::Respond(a),
+                None => {
+                    let e = Failure::BadReturn(format!("a local response with status {status}"));
+                    self.failed(req.route, "on request headers", &e)
+                }
+            },
+        }
+    }
+
+    fn upstream_request(&self, req: &mut RequestHeader, cx: &Exchange<'_>) {
+        if let Some(entry) = Entries::of(cx.ext, &self.plugin) {
+            stream::replay(&entry.request_edits, req);
+        }
+    }
+
+    fn response(&self, resp: &mut ResponseHeader, cx: &Exchange<'_>) {
+        let Some(entry) = Entries::of(cx.ext, &self.plugin) else {
+            return;
+        };
+        let props = {
+            let mut props = entry.props.lock().unwrap_or_else(|p| p.into_inner());
+            props.response_code = Some(resp.status.as_u16());
+            props.clone()
+        };
+        let stream = Stream {
+            request: Vec::new(),
+            response: Some(Stream::response_from(resp)),
+            request_edits: Vec::new(),
+            response_edits: Vec::new(),
+            props,
+            local: None,
+        };
+        match self
+            .plugin
+            .with_vm(|vm, d| vm.response(d, entry.ctx, stream))
+        {
+            Ok(Some(Some(stream))) => stream::replay(&stream.response_edits, resp),
+            Ok(_) => {}
+            // The response is on its way: a failure here leaves it as it is.
+            Err(e) => {
+                self.failed(cx.route, "on response headers", &e);
+            }
+        }
+    }
+}

@@ -1,0 +1,476 @@
+//! The Wasm runtime (wasmtime): one engine, each module compiled once per file content, and a
+//! VM (an instance with its root context) per plugin per worker thread, created on first use
+//! from a pre-linked instance. A VM whose guest trapped, ran past `call_timeout` or asked for
+//! memory over `max_memory` is thrown away; the next call on that thread gets a fresh one.
+
+use super::host::{self, Host, PluginInfo};
+use super::stream::Stream;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, Once, Weak};
+use std::time::Duration;
+use wasmtime::{
+    Engine, ExternType, InstancePre, Linker, Module, Store, StoreLimitsBuilder, Trap, TypedFunc,
+    ValType,
+};
+
+/// One epoch tick: the resolution of `call_timeout`.
+pub const TICK: Duration = Duration::from_millis(1);
+const ROOT_CONTEXT: i32 = 1;
+
+static ENGINE: LazyLock<Engine> = LazyLock::new(|| {
+    let mut config = wasmtime::Config::new();
+    config.epoch_interruption(true);
+    Engine::new(&config).expect("the default wasmtime configuration is valid")
+});
+
+/// Ticks the engine's epoch once a millisecond (started with the first plugin): a callback
+/// past its deadline traps at its next loop head or call.
+fn start_ticker() {
+    static STARTED: Once = Once::new();
+    STARTED.call_once(|| {
+        let spawned = std::thread::Builder::new()
+            .name("portico-wasm-epoch".into())
+            .spawn(|| loop {
+                std::thread::sleep(TICK);
+                ENGINE.increment_epoch();
+            });
+        if let Err(e) = spawned {
+            log::error!("cannot start the wasm epoch thread, call_timeout is not enforced: {e}");
+        }
+    });
+}
+
+/// Compiled modules by the SHA-256 of their file: a reload of an unchanged file compiles
+/// nothing. Bounded: the oldest are forgotten past 32 (they live on in the plugins using them).
+type Compiled = Vec<([u8; 32], Module)>;
+static MODULES: LazyLock<Mutex<Compiled>> = LazyLock::new(Default::default);
+
+pub fn compile(bytes: &[u8]) -> Result<Module, String> {
+    use sha2::Digest;
+    let sha: [u8; 32] = sha2::Sha256::digest(bytes).into();
+    let mut modules = MODULES.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, m)) = modules.iter().find(|(s, _)| *s == sha) {
+        return Ok(m.clone());
+    }
+    let module = Module::new(&ENGINE, bytes).map_err(|e| format!("does not compile: {e:#}"))?;
+    if modules.len() >= 32 {
+        modules.remove(0);
+    }
+    modules.push((sha, module.clone()));
+    Ok(module)
+}
+
+/// Why a call into the guest failed.
+#[derive(Debug)]
+pub enum Failure {
+    /// The guest trapped (an `unreachable`, a bad memory access, `proc_exit`, no memory left).
+    Trap(String),
+    /// It ran past `call_timeout`.
+    Timeout,
+    /// It returned what the ABI does not allow (a bad action, `false` from on_configure).
+    BadReturn(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Trap(e) => write!(f, "trapped: {e}"),
+            Failure::Timeout => f.write_str("ran past call_timeout"),
+            Failure::BadReturn(e) => f.write_str(e),
+        }
+    }
+}
+
+impl Failure {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Failure::Trap(_) => "trap",
+            Failure::Timeout => "timeout",
+            Failure::BadReturn(_) => "bad_return",
+        }
+    }
+}
+
+fn failure(e: wasmtime::Error) -> Failure {
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => Failure::Timeout,
+        _ => Failure::Trap(format!("{e:#}")),
+    }
+}
+
+/// A module checked against the ABI, linked and ready to instantiate.
+pub struct Plugin {
+    pub id: u64,
+    pub info: Arc<PluginInfo>,
+    pre: InstancePre<Host>,
+    max_memory: usize,
+    deadline_ticks: u64,
+}
+
+/// The exports portico calls, with the types the ABI gives them (wasm32: every pointer,
+/// size and id is an i32).
+const CALLBACKS: &[(&str, &[ValType], &[ValType])] = &[
+    (
+        "proxy_on_context_create",
+        &[ValType::I32, ValType::I32],
+        &[],
+    ),
+    (
+        "proxy_on_vm_start",
+        &[ValType::I32, ValType::I32],
+        &[ValType::I32],
+    ),
+    (
+        "proxy_on_configure",
+        &[ValType::I32, ValType::I32],
+        &[ValType::I32],
+    ),
+    (
+        "proxy_on_request_headers",
+        &[ValType::I32, ValType::I32, ValType::I32],
+        &[ValType::I32],
+    ),
+    (
+        "proxy_on_response_headers",
+        &[ValType::I32, ValType::I32, ValType::I32],
+        &[ValType::I32],
+    ),
+    ("proxy_on_log", &[ValType::I32], &[]),
+    ("proxy_on_done", &[ValType::I32], &[ValType::I32]),
+    ("proxy_on_delete", &[ValType::I32], &[]),
+    ("proxy_on_memory_allocate", &[ValType::I32], &[ValType::I32]),
+    ("malloc", &[ValType::I32], &[ValType::I32]),
+];
+
+impl Plugin {
+    /// Checks `module` (exports, imports), links it and runs its start once (`on_vm_start`,
+    /// `on_configure`), so a module or configuration that fails does so here, at `-t` or
+    /// reload, not on a request. Errors are one line each.
+    pub fn new(
+        module: &Module,
+        info: PluginInfo,
+        max_memory: usize,
+        call_timeout: Duration,
+    ) -> Result<Plugin, Vec<String>> {
+        let mut errors = Vec::new();
+        let exports: HashMap<&str, ExternType> =
+            module.exports().map(|e| (e.name(), e.ty())).collect();
+        // 0.2.0 and 0.2.1 differ in what the host offers (both sets are), not in the callbacks.
+        let abi = ["proxy_abi_version_0_2_1", "proxy_abi_version_0_2_0"];
+        if !abi.iter().any(|v| exports.contains_key(v)) {
+            errors.push(
+                "exports no proxy_abi_version_0_2_1 or proxy_abi_version_0_2_0: not a Proxy-Wasm 0.2 module"
+                    .to_owned(),
+            );
+        }
+        if !matches!(exports.get("memory"), Some(ExternType::Memory(_))) {
+            errors.push("exports no memory".to_owned());
+        }
+        if !exports.contains_key("proxy_on_memory_allocate") && !exports.contains_key("malloc") {
+            errors.push("exports no proxy_on_memory_allocate (or malloc)".to_owned());
+        }
+        if !exports.contains_key("proxy_on_context_create") {
+            errors.push("exports no proxy_on_context_create".to_owned());
+        }
+        for (name, params, results) in CALLBACKS {
+            let Some(ty) = exports.get(name) else {
+                continue;
+            };
+            let fits = match ty {
+                ExternType::Func(f) => {
+                    let same = |a: &mut dyn ExactSizeIterator<Item = ValType>, b: &[ValType]| {
+                        a.len() == b.len() && a.zip(b).all(|(x, y)| ValType::eq(&x, y))
+                    };
+                    same(&mut f.params(), params) && same(&mut f.results(), results)
+                }
+                _ => false,
+            };
+            if !fits {
+                errors.push(format!("export {name} does not have the ABI's type"));
+            }
+        }
+        let unknown: Vec<String> = module
+            .imports()
+            .filter(|i| {
+                let known = match i.module() {
+                    "env" => host::ENV_FUNCTIONS.contains(&i.name()),
+                    m if host::WASI_MODULES.contains(&m) => {
+                        host::WASI_FUNCTIONS.contains(&i.name())
+                    }
+                    _ => false,
+                };
+                !known
+            })
+            .map(|i| format!("{}.{}", i.module(), i.name()))
+            .collect();
+        if !unknown.is_empty() {
+            errors.push(format!(
+                "imports {}, which portico does not provide",
+                unknown.join(", ")
+            ));
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let mut linker = Linker::new(&ENGINE);
+        host::link(&mut linker)
+            .map_err(|e| vec![format!("cannot link the host functions: {e:#}")])?;
+        let pre = linker
+            .instantiate_pre(module)
+            .map_err(|e| vec![format!("does not link: {e:#}")])?;
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        let plugin = Plugin {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            info: Arc::new(info),
+            pre,
+            max_memory,
+            deadline_ticks: (call_timeout.as_micros() / TICK.as_micros()).max(1) as u64 + 1,
+        };
+        start_ticker();
+        // Started once here: a module that traps or refuses its configuration is refused now.
+        Vm::new(&plugin).map_err(|e| vec![format!("does not start: {e}")])?;
+        Ok(plugin)
+    }
+}
+
+/// A plugin's instance on one thread, its root context started.
+pub struct Vm {
+    store: Store<Host>,
+    context_create: TypedFunc<(i32, i32), ()>,
+    request_headers: Option<TypedFunc<(i32, i32, i32), i32>>,
+    response_headers: Option<TypedFunc<(i32, i32, i32), i32>>,
+    on_log: Option<TypedFunc<i32, ()>>,
+    on_done: Option<TypedFunc<i32, i32>>,
+    on_delete: Option<TypedFunc<i32, ()>>,
+    next_context: i32,
+    /// Stream contexts created here and not yet deleted.
+    open: Vec<i32>,
+}
+
+impl Vm {
+    fn new(plugin: &Plugin) -> Result<Vm, Failure> {
+        let host = Host {
+            plugin: Arc::clone(&plugin.info),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(plugin.max_memory)
+                .trap_on_grow_failure(true)
+                .build(),
+            stream: None,
+            tick_period_ms: 0,
+        };
+        let mut store = Store::new(&ENGINE, host);
+        store.limiter(|h| &mut h.limits);
+        store.epoch_deadline_trap();
+        // Starting (a runtime's init, on_vm_start, on_configure) may take longer than a
+        // request's callback: a second at least.
+        let deadline = plugin.deadline_ticks.max(1000);
+        store.set_epoch_deadline(deadline);
+        let instance = plugin.pre.instantiate(&mut store).map_err(failure)?;
+        macro_rules! func {
+            ($name:expr) => {
+                instance.get_typed_func(&mut store, $name).ok()
+            };
+        }
+        for start in ["_initialize", "_start"] {
+            if let Ok(f) = instance.get_typed_func::<(), ()>(&mut store, start) {
+                store.set_epoch_deadline(deadline);
+                f.call(&mut store, ()).map_err(failure)?;
+                break;
+            }
+        }
+        let context_create: TypedFunc<(i32, i32), ()> = func!("proxy_on_context_create")
+            .ok_or_else(|| Failure::BadReturn("no proxy_on_context_create".into()))?;
+        let vm_start: Option<TypedFunc<(i32, i32), i32>> = func!("proxy_on_vm_start");
+        let configure: Option<TypedFunc<(i32, i32), i32>> = func!("proxy_on_configure");
+        let mut vm = Vm {
+            request_headers: func!("proxy_on_request_headers"),
+            response_headers: func!("proxy_on_response_headers"),
+            on_log: func!("proxy_on_log"),
+            on_done: func!("proxy_on_done"),
+            on_delete: func!("proxy_on_delete"),
+            context_create,
+            store,
+            next_context: ROOT_CONTEXT + 1,
+            open: Vec::new(),
+        };
+        vm.call(deadline, |vm| {
+            vm.context_create.call(&mut vm.store, (ROOT_CONTEXT, 0))
+        })?;
+        let vm_conf = plugin.info.vm_configuration.len() as i32;
+        if let Some(f) = vm_start {
+            let ok = vm.call(deadline, |vm| {
+                f.call(&mut vm.store, (ROOT_CONTEXT, vm_conf))
+            })?;
+            if ok == 0 {
+                return Err(Failure::BadReturn(
+                    "proxy_on_vm_start returned false".into(),
+                ));
+            }
+        }
+        let conf = plugin.info.configuration.len() as i32;
+        if let Some(f) = configure {
+            let ok = vm.call(deadline, |vm| f.call(&mut vm.store, (ROOT_CONTEXT, conf)))?;
+            if ok == 0 {
+                return Err(Failure::BadReturn(
+                    "proxy_on_configure returned false: the plugin refused its configuration"
+                        .into(),
+                ));
+            }
+        }
+        Ok(vm)
+    }
+
+    fn call<T>(
+        &mut self,
+        deadline: u64,
+        f: impl FnOnce(&mut Vm) -> wasmtime::Result<T>,
+    ) -> Result<T, Failure> {
+        self.store.set_epoch_deadline(deadline);
+        f(self).map_err(failure)
+    }
+
+    /// Creates a stream context and runs `proxy_on_request_headers` over `stream`. Returns the
+    /// context and the stream as the guest left it.
+    pub fn request(
+        &mut self,
+        deadline: u64,
+        stream: Stream,
+        end: bool,
+    ) -> Result<(i32, Stream), Failure> {
+        let ctx = self.next_context;
+        self.next_context = self.next_context.wrapping_add(1).max(ROOT_CONTEXT + 1);
+        self.call(deadline, |vm| {
+            vm.context_create.call(&mut vm.store, (ctx, ROOT_CONTEXT))
+        })?;
+        self.open.push(ctx);
+        let count = stream.request.len() as i32;
+        self.store.data_mut().stream = Some(stream);
+        let action = match self.request_headers.clone() {
+            Some(f) => self.call(deadline, |vm| {
+                f.call(&mut vm.store, (ctx, count, end as i32))
+            }),
+            None => Ok(0),
+        };
+        let stream = self.store.data_mut().stream.take();
+        let action = action?;
+        let stream = stream.ok_or_else(|| Failure::BadReturn("stream lost".into()))?;
+        check_action(action, "proxy_on_request_headers")?;
+        Ok((ctx, stream))
+    }
+
+    /// `proxy_on_response_headers` for a context of this VM; `Ok(None)` when it does not know
+    /// the context (it was replaced after a failure, or the request moved threads).
+    pub fn response(
+        &mut self,
+        deadline: u64,
+        ctx: i32,
+        stream: Stream,
+    ) -> Result<Option<Stream>, Failure> {
+        let Some(f) = self
+            .response_headers
+            .clone()
+            .filter(|_| self.open.contains(&ctx))
+        else {
+            return Ok(None);
+        };
+        let count = stream.response.as_ref().map_or(0, Vec::len) as i32;
+        self.store.data_mut().stream = Some(stream);
+        let action = self.call(deadline, |vm| f.call(&mut vm.store, (ctx, count, 0)));
+        let stream = self.store.data_mut().stream.take();
+        check_action(action?, "proxy_on_response_headers")?;
+        Ok(stream)
+    }
+
+    /// The end of a stream: `proxy_on_log`, `proxy_on_done`, `proxy_on_delete`.
+    pub fn finish(&mut self, deadline: u64, ctx: i32, stream: Stream) -> Result<(), Failure> {
+        let Some(at) = self.open.iter().position(|c| *c == ctx) else {
+            return Ok(());
+        };
+        self.open.swap_remove(at);
+        self.store.data_mut().stream = Some(stream);
+        let result = self.end_callbacks(deadline, ctx);
+        self.store.data_mut().stream = None;
+        result
+    }
+}
+
+impl Vm {
+    fn end_callbacks(&mut self, deadline: u64, ctx: i32) -> Result<(), Failure> {
+        if let Some(f) = self.on_log.clone() {
+            self.call(deadline, |vm| f.call(&mut vm.store, ctx))?;
+        }
+        if let Some(f) = self.on_done.clone() {
+            self.call(deadline, |vm| f.call(&mut vm.store, ctx))?;
+        }
+        if let Some(f) = self.on_delete.clone() {
+            self.call(deadline, |vm| f.call(&mut vm.store, ctx))?;
+        }
+        Ok(())
+    }
+}
+
+fn check_action(action: i32, callback: &str) -> Result<(), Failure> {
+    match action {
+        // Continue; Pause is taken as Continue: nothing portico does yet can resume it.
+        0 | 1 => Ok(()),
+        other => Err(Failure::BadReturn(format!(
+            "{callback} returned {other}, not an action"
+        ))),
+    }
+}
+
+thread_local! {
+    /// This thread's VMs, by plugin id (with the plugin's info, to forget VMs of plugins a
+    /// reload dropped).
+    static VMS: RefCell<HashMap<u64, (Weak<PluginInfo>, Vm)>> = RefCell::new(HashMap::new());
+}
+
+impl Plugin {
+    /// Runs `f` on this thread's VM of the plugin, creating it first if needed. A failure
+    /// throws the VM away. `Ok(None)`: the thread's VMs are busy (a re-entrant call) or gone.
+    pub fn with_vm<T>(
+        &self,
+        f: impl FnOnce(&mut Vm, u64) -> Result<T, Failure>,
+    ) -> Result<Option<T>, Failure> {
+        let run = |vms: &RefCell<HashMap<u64, (Weak<PluginInfo>, Vm)>>| {
+            let Ok(mut vms) = vms.try_borrow_mut() else {
+                return Ok(None);
+            };
+            if !vms.contains_key(&self.id) {
+                vms.retain(|_, (info, _)| info.strong_count() > 0);
+                let vm = Vm::new(self)?;
+                vms.insert(self.id, (Arc::downgrade(&self.info), vm));
+            }
+            let (_, vm) = vms.get_mut(&self.id).expect("inserted above");
+            let result = f(vm, self.deadline_ticks);
+            if result.is_err() {
+                vms.remove(&self.id);
+            }
+            result.map(Some)
+        };
+        VMS.try_with(run).unwrap_or(Ok(None))
+    }
+
+    /// Runs `f` only if this thread already has the plugin's VM (the end of a stream).
+    pub fn with_existing_vm(
+        &self,
+        f: impl FnOnce(&mut Vm, u64) -> Result<(), Failure>,
+    ) -> Result<(), Failure> {
+        let run = |vms: &RefCell<HashMap<u64, (Weak<PluginInfo>, Vm)>>| {
+            let Ok(mut vms) = vms.try_borrow_mut() else {
+                return Ok(());
+            };
+            let Some((_, vm)) = vms.get_mut(&self.id) else {
+                return Ok(());
+            };
+            let result = f(vm, self.deadline_ticks);
+            if result.is_err() {
+                vms.remove(&self.id);
+            }
+            result
+        };
+        VMS.try_with(run).unwrap_or(Ok(()))
+    }
+}

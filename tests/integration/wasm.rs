@@ -1,0 +1,231 @@
+//! Proxy-Wasm filters (`wasm`): guests written in WebAssembly text (tests/fixtures/wasm), run by
+//! the real binary. What a guest does to a request, what it answers itself, and what a broken
+//! or malicious guest (a trap, an endless loop, a module portico cannot host) costs: one
+//! request's `on_error` answer, never the process or another request.
+
+use crate::harness::*;
+use crate::origins::{HttpOrigin, WsOrigin};
+use futures_util::{SinkExt, StreamExt};
+use std::path::{Path, PathBuf};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/wasm")
+        .join(name)
+}
+
+fn wasm(module: &Path, extra: &str) -> String {
+    format!("{{wasm: {{module: '{}'{extra}}}}}", module.display())
+}
+
+async fn scrape(admin: std::net::SocketAddr) -> String {
+    get(admin, "/metrics", &[]).await.text()
+}
+
+#[tokio::test]
+async fn a_guest_edits_request_and_response_headers_and_reads_properties() {
+    let origin = HttpOrigin::start("a").await;
+    let guest = fixture("guest.wat");
+    let proxy = Proxy::start(&format!(
+        "upstreams:\n  app: {{peers: ['{}']}}\nroutes:\n  - {{name: web, path_prefix: /, upstream: app, filters: [{}]}}\n",
+        origin.addr,
+        wasm(&guest, ", root_id: tenant")
+    ))
+    .await;
+    let r = get(
+        proxy.addr,
+        "/some//path?q=1",
+        &[
+            ("X-Replace", "old"),
+            ("X-Remove", "gone"),
+            ("Authorization", "Bearer t"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.upstream_header("x-wasm"), ["added"]);
+    assert_eq!(r.upstream_header("x-replace"), ["new"]);
+    assert!(r.upstream_header("x-remove").is_empty());
+    // Properties: the canonical path (what routing judged) and the plugin's root_id.
+    assert_eq!(r.upstream_header("x-path"), ["/some/path?q=1"]);
+    assert_eq!(r.upstream_header("x-root"), ["tenant"]);
+    // Untouched: what the guest did not edit.
+    assert_eq!(r.upstream_header("authorization"), ["Bearer t"]);
+    assert_eq!(r.header("x-wasm-response"), Some("yes"));
+    assert!(proxy.logs().contains("wasm tenant: configured"));
+}
+
+/// A guest's own answer (403 with a body and a header) ends the request: the origin never sees
+/// it. The same guest lets a request with its token through, WebSocket upgrades included.
+#[tokio::test]
+async fn a_local_response_never_reaches_the_origin_and_a_guest_authorises_an_upgrade() {
+    let origin = HttpOrigin::start("a").await;
+    let echo = WsOrigin::start("echo").await;
+    let deny = wasm(&fixture("guest.wat"), ", configuration: deny");
+    let proxy = Proxy::start(&format!(
+        "upstreams:\n  app: {{peers: ['{}']}}\n  echo: {{peers: ['{}']}}\nroutes:\n  - {{path_prefix: /ws/, upstream: echo, filters: [{deny}]}}\n  - {{path_prefix: /, upstream: app, filters: [{deny}]}}\n",
+        origin.addr, echo.addr
+    ))
+    .await;
+    let r = get(proxy.addr, "/x", &[]).await;
+    assert_eq!(r.status, 403);
+    assert_eq!(r.text(), "denied by wasm\n");
+    assert_eq!(r.header("x-denied"), Some("yes"));
+    assert_eq!(origin.hits(), 0);
+    let r = get(proxy.addr, "/x", &[("X-Token", "t")]).await;
+    assert_eq!((r.status, r.origin().as_str()), (200, "a"));
+
+    let refused = ws_connect(proxy.addr, "/ws/", &[]).await;
+    match refused {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 403),
+        other => panic!("expected 403, got {:?}", other.map(|(_, r)| r.status())),
+    }
+    let (mut ws, resp) = ws_connect(proxy.addr, "/ws/", &[("X-Token", "t")])
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 101);
+    ws.send(tokio_tungstenite::tungstenite::Message::text("hi"))
+        .await
+        .unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap().into_text().unwrap(), "hi");
+}
+
+/// A guest that traps, and one that never returns (stopped by call_timeout): each such request
+/// gets its route's on_error answer (deny: 500 before any peer; allow: on to the peer as if
+/// the filter were not there), every other request is served, and the failures are counted.
+#[tokio::test]
+async fn a_trap_and_an_endless_loop_get_on_error_while_others_are_served() {
+    let origin = HttpOrigin::start("a").await;
+    let guest = fixture("guest.wat");
+    let admin = proxy_addr();
+    let proxy = Proxy::start(&format!(
+        "admin: {{address: '{admin}'}}\nupstreams:\n  app: {{peers: ['{}']}}\nroutes:\n  - {{name: open, path_prefix: /open/, upstream: app, filters: [{}]}}\n  - {{name: closed, path_prefix: /, upstream: app, filters: [{}]}}\n",
+        origin.addr,
+        wasm(&guest, ", on_error: allow, call_timeout: 20ms"),
+        wasm(&guest, ", call_timeout: 20ms, name: strict"),
+    ))
+    .await;
+    for bad in ["X-Trap", "X-Loop"] {
+        let hits = origin.hits();
+        let r = get(proxy.addr, "/x", &[(bad, "1")]).await;
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (500, "filter failed\n"),
+            "{bad}"
+        );
+        assert_eq!(
+            origin.hits(),
+            hits,
+            "{bad}: a denied request reached the origin"
+        );
+        let r = get(proxy.addr, "/open/x", &[(bad, "1")]).await;
+        assert_eq!(r.status, 200, "{bad}");
+        // Allowed through untouched: the guest's edits of a failed call are not applied.
+        assert!(r.upstream_header("x-wasm").is_empty(), "{bad}");
+        // The next request on the same route gets a fresh instance that works.
+        let r = get(proxy.addr, "/x", &[]).await;
+        assert_eq!(r.upstream_header("x-wasm"), ["added"], "{bad}");
+    }
+    // Many at once, good and bad mixed: the good ones all pass.
+    let tasks: Vec<_> = (0..40)
+        .map(|i| {
+            let addr = proxy.addr;
+            tokio::spawn(async move {
+                let headers: &[(&str, &str)] = if i % 4 == 0 { &[("X-Loop", "1")] } else { &[] };
+                (i, get(addr, "/x", headers).await.status)
+            })
+        })
+        .collect();
+    for t in tasks {
+        let (i, status) = t.await.unwrap();
+        assert_eq!(status, if i % 4 == 0 { 500 } else { 200 }, "request {i}");
+    }
+    let m = scrape(admin).await;
+    assert!(
+        m.contains("portico_filter_errors_total{filter=\"wasm:strict\",route=\"closed\"} 12"),
+        "{m}"
+    );
+    assert!(m.contains("portico_filter_errors_total{filter=\"wasm:guest\",route=\"open\"} 2"));
+    // Logged once a second at most per filter: the first failure of each.
+    let logs = proxy.logs();
+    assert!(
+        logs.contains("wasm strict on route closed: on request headers trapped"),
+        "{logs}"
+    );
+    assert!(
+        logs.contains("wasm guest on route open: on request headers trapped"),
+        "{logs}"
+    );
+}
+
+/// SIGHUP with a changed module swaps it under load: no request fails, and requests after the
+/// swap see the new module's edits.
+#[tokio::test]
+async fn a_reload_swaps_the_module_under_load_with_no_failed_request() {
+    let origin = HttpOrigin::start("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let module = dir.path().join("edge.wat");
+    let v1 = std::fs::read_to_string(fixture("guest.wat")).unwrap();
+    std::fs::write(&module, &v1).unwrap();
+    let body = format!(
+        "upstreams:\n  app: {{peers: ['{}']}}\nroutes:\n  - {{path_prefix: /, upstream: app, filters: [{}]}}\n",
+        origin.addr,
+        wasm(&module, "")
+    );
+    let proxy = Proxy::start(&body).await;
+    assert_eq!(
+        get(proxy.addr, "/", &[]).await.upstream_header("x-wasm"),
+        ["added"]
+    );
+    let load = Load::start(proxy.addr, 4, "/");
+    std::fs::write(&module, v1.replace("\"added\"", "\"again\"")).unwrap();
+    proxy.signal("HUP");
+    proxy.wait_for_log("configuration reloaded").await;
+    eventually("the new module serves", || async {
+        get(proxy.addr, "/", &[]).await.upstream_header("x-wasm") == ["again"]
+    })
+    .await;
+    assert_no_failures(&load.stop().await);
+
+    // A module that no longer loads keeps the running one.
+    std::fs::write(&module, "(module)").unwrap();
+    proxy.signal("HUP");
+    proxy.wait_for_log("reload of").await;
+    assert!(proxy.logs().contains("exports no proxy_abi_version_0_2_1"));
+    assert_eq!(
+        get(proxy.addr, "/", &[]).await.upstream_header("x-wasm"),
+        ["again"]
+    );
+}
+
+/// `-t` refuses a module portico cannot host, each reason under the filter's YAML path.
+#[test]
+fn a_module_with_a_missing_export_or_an_unknown_import_is_refused_by_t() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("portico.yaml");
+    std::fs::write(
+        &conf,
+        format!(
+            "listeners: [{{address: '127.0.0.1:8080'}}]\nupstreams:\n  app: {{peers: ['127.0.0.1:3000']}}\nroutes:\n  - path_prefix: /\n    upstream: app\n    filters:\n      - {}\n      - {}\n      - {}\n      - {}\n",
+            wasm(&fixture("no_allocator.wat"), ""),
+            wasm(&fixture("unknown_import.wat"), ""),
+            wasm(&fixture("guest.wat"), ", configuration: refuse"),
+            wasm(&fixture("guest.wat"), ", max_memory: 1k, call_timeout: 0s"),
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = run_cli(&["-t", "-c", conf.to_str().unwrap()]);
+    assert_eq!(code, 64, "{err}");
+    for want in [
+        "line 8: routes[0].filters[0].wasm.module: ",
+        "exports no proxy_on_memory_allocate (or malloc)",
+        "line 9: routes[0].filters[1].wasm.module: ",
+        "imports env.proxy_frobnicate, which portico does not provide",
+        "line 10: routes[0].filters[2].wasm.module: ",
+        "proxy_on_configure returned false",
+        "routes[0].filters[3].wasm.max_memory: at least 64k",
+        "routes[0].filters[3].wasm.call_timeout: at least 1ms",
+    ] {
+        assert!(err.contains(want), "no {want:?} in:\n{err}");
+    }
+}
