@@ -4,7 +4,7 @@
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PORTICO := target/debug/portico
 
-.PHONY: deps build run test fmt fmt-check lint check-config deploy-tools check-deploy bench check-bench fuzz fuzz-tools ci
+.PHONY: deps build run test wasm-guests fmt fmt-check lint check-config deploy-tools check-deploy bench check-bench fuzz fuzz-tools ci
 
 ## deps: what a fresh Debian machine with Rust lacks (pingora-core builds zlib-ng with cmake)
 deps:
@@ -21,10 +21,19 @@ run: build
 	$(PORTICO) -c conf/portico.yaml
 
 ## test: every test (unit and integration: the real binary against real servers on loopback;
-## the examples are built first: a test runs examples/custom_filter)
-test: deps
+## the examples and the SDK-built Wasm guest are built first: tests run them)
+test: deps wasm-guests
 	cargo build --examples
 	cargo test --tests
+
+## wasm-guests: the Proxy-Wasm guest the tests run that is built with a real SDK, the
+## AssemblyScript one (npm: assemblyscript, @solo-io/proxy-runtime; versions pinned in its
+## package-lock.json). Node.js and npm from Debian when missing.
+WASM_AS := tests/fixtures/wasm/assemblyscript
+wasm-guests:
+	@command -v npm >/dev/null || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq nodejs npm; }
+	cd $(WASM_AS) && npm ci --no-audit --no-fund --loglevel=error && rm -rf build && npm run --silent build
+	@test -s $(WASM_AS)/build/tenant.wasm
 
 fmt:
 	cargo fmt

@@ -229,3 +229,46 @@ fn a_module_with_a_missing_export_or_an_unknown_import_is_refused_by_t() {
         assert!(err.contains(want), "no {want:?} in:\n{err}");
     }
 }
+
+/// A filter built with a real Proxy-Wasm SDK (AssemblyScript, `make wasm-guests`): ABI 0.2.0,
+/// its root context picked by `root_id`, its configuration read, WASI imported.
+#[tokio::test]
+async fn a_guest_built_with_the_assemblyscript_sdk_runs() {
+    let origin = HttpOrigin::start("a").await;
+    let module = fixture("assemblyscript/build/tenant.wasm");
+    assert!(
+        module.exists(),
+        "{} is built by `make wasm-guests`",
+        module.display()
+    );
+    let proxy = Proxy::start(&format!(
+        "upstreams:\n  app: {{peers: ['{}']}}\nroutes:\n  - {{path_prefix: /, upstream: app, filters: [{}]}}\n",
+        origin.addr,
+        wasm(&module, ", root_id: tenant, configuration: x-tenant")
+    ))
+    .await;
+    let r = get(proxy.addr, "/", &[("X-Tenant", "acme")]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.upstream_header("x-tenant-checked"), ["acme"]);
+    assert_eq!(r.header("x-served-by"), Some("assemblyscript"));
+    let r = get(proxy.addr, "/", &[]).await;
+    assert_eq!((r.status, r.text().as_str()), (403, "no tenant\n"));
+    assert_eq!(origin.hits(), 1);
+
+    // The SDK finds its root context by root_id: another one is refused when it starts.
+    let (code, _, err) = {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("p.yaml");
+        std::fs::write(
+            &conf,
+            format!(
+                "listeners: [{{address: '127.0.0.1:8080'}}]\nupstreams:\n  app: {{peers: ['127.0.0.1:3000']}}\nroutes:\n  - {{path_prefix: /, upstream: app, filters: [{}]}}\n",
+                wasm(&module, ", root_id: nobody")
+            ),
+        )
+        .unwrap();
+        run_cli(&["-t", "-c", conf.to_str().unwrap()])
+    };
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("routes[0].filters[0].wasm.module"), "{err}");
+}
