@@ -22,6 +22,8 @@ const ROOT_CONTEXT: i32 = 1;
 static ENGINE: LazyLock<Engine> = LazyLock::new(|| {
     let mut config = wasmtime::Config::new();
     config.epoch_interruption(true);
+    // A failure is one line in the log; the guest's frames would not help an operator.
+    config.wasm_backtrace(false);
     Engine::new(&config).expect("the default wasmtime configuration is valid")
 });
 
