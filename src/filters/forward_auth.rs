@@ -18,11 +18,10 @@ use super::{Answer, Build, Exchange, Filter, Flow, Phases, Request};
 use crate::config::schema::Duration;
 use crate::config::validate;
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::{header, HeaderName, HeaderValue};
 use pingora::connectors::TransportConnector;
 use pingora::http::RequestHeader;
-use pingora::protocols::http::v1::client::HttpSession;
 use pingora::upstreams::peer::{HttpPeer, Peer};
 use serde::Deserialize;
 use std::sync::Arc;
@@ -42,8 +41,6 @@ struct Settings {
 
 /// The most of the service's answer body relayed to a refused client.
 const MAX_BODY: usize = 64 * 1024;
-/// How long an idle connection to the service is kept.
-const IDLE: std::time::Duration = std::time::Duration::from_secs(60);
 
 pub struct ForwardAuth {
     peer: HttpPeer,
@@ -180,39 +177,19 @@ impl ForwardAuth {
     }
 
     async fn ask(&self, sub: RequestHeader) -> pingora::Result<Verdict> {
-        let stream = match self.connector.reused_stream(&self.peer).await {
-            Some(s) => s,
-            None => self.connector.new_stream(&self.peer).await?,
-        };
-        let mut session = HttpSession::new_with_options(stream, &self.peer);
-        session.write_request_header(Box::new(sub)).await?;
-        session.read_response().await?;
-        let head = session.resp_header().expect("read").clone();
-        let mut body = BytesMut::new();
-        while let Some(chunk) = session.read_body_ref().await? {
-            if body.len() + chunk.len() > MAX_BODY {
-                return pingora::Error::e_explain(
-                    pingora::ErrorType::InvalidHTTPHeader,
-                    "the auth service's answer is too large",
-                );
-            }
-            body.extend_from_slice(chunk);
-        }
-        session.respect_keepalive();
-        if let Some(stream) = session.reuse().await {
-            self.connector
-                .release_stream(stream, self.peer.reuse_hash(), Some(IDLE));
-        }
-        let headers = head
+        let reply =
+            super::subrequest::exchange(&self.connector, &self.peer, sub, None, MAX_BODY).await?;
+        let headers = reply
+            .head
             .headers
             .iter()
             .filter(|(n, _)| !hop_by_hop(n))
             .map(|(n, v)| (n.clone(), v.clone()))
             .collect();
         Ok(Verdict {
-            status: head.status.as_u16(),
+            status: reply.head.status.as_u16(),
             headers,
-            body: body.freeze(),
+            body: reply.body,
         })
     }
 }

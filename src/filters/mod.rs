@@ -30,6 +30,7 @@ pub mod request_headers;
 pub mod request_id;
 pub mod response_headers;
 pub mod strip_prefix;
+pub(crate) mod subrequest;
 pub mod wasm;
 pub mod websocket;
 

@@ -23,7 +23,7 @@ static ENGINE: LazyLock<Engine> = LazyLock::new(|| {
     let mut config = wasmtime::Config::new();
     config.epoch_interruption(true);
     // A failure is one line in the log; the guest's frames would not help an operator.
-    config.wasm_backtrace(false);
+    config.wasm_backtrace_max_frames(None);
     Engine::new(&config).expect("the default wasmtime configuration is valid")
 });
 
