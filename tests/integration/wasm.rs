@@ -272,3 +272,39 @@ async fn a_guest_built_with_the_assemblyscript_sdk_runs() {
     assert_eq!(code, 64, "{err}");
     assert!(err.contains("routes[0].filters[0].wasm.module"), "{err}");
 }
+
+/// A guest pauses a request for an HTTP call to another upstream group (an auth check) and
+/// decides on its answer: resumed with a header added, or refused. No answer is the guest's to
+/// judge too (here: refused).
+#[tokio::test]
+async fn a_guest_pauses_a_request_for_an_http_call_and_decides_on_its_answer() {
+    let origin = HttpOrigin::start("a").await;
+    let auth = HttpOrigin::start("auth").await;
+    let caller = fixture("caller.wat");
+    let proxy = Proxy::start(&format!(
+        "upstreams:\n  app: {{peers: ['{}']}}\n  auth: {{peers: ['{}']}}\nroutes:\n  - {{path_prefix: /yes/, upstream: app, filters: [{}]}}\n  - {{path_prefix: /no/, upstream: app, filters: [{}]}}\n",
+        origin.addr,
+        auth.addr,
+        wasm(&caller, ""),
+        wasm(&caller, ", configuration: no"),
+    ))
+    .await;
+    let r = get(proxy.addr, "/yes/x", &[]).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.upstream_header("x-auth"), ["ok"]);
+    assert_eq!(auth.hits(), 1);
+    let r = get(proxy.addr, "/no/x", &[]).await;
+    assert_eq!((r.status, r.text().as_str()), (401, "refused"));
+    assert_eq!((auth.hits(), origin.hits()), (2, 1));
+    // An auth service that does not answer: the guest gets no headers, and refuses.
+    let down = Proxy::start(&format!(
+        "upstreams:\n  app: {{peers: ['{}']}}\n  auth: {{peers: ['{}']}}\nroutes:\n  - {{path_prefix: /, upstream: app, filters: [{}]}}\n",
+        origin.addr,
+        free_addr(),
+        wasm(&caller, ""),
+    ))
+    .await;
+    let r = get(down.addr, "/yes/x", &[]).await;
+    assert_eq!((r.status, r.text().as_str()), (401, "refused"));
+    assert_eq!(origin.hits(), 1);
+}

@@ -6,7 +6,7 @@
 //! copied into memory it allocates itself (`proxy_on_memory_allocate`, else `malloc`), as the
 //! ABI says. A bad pointer is `BadArgument`, never a crash.
 
-use super::stream::{Edit, Stream};
+use super::stream::{Call, Edit, Stream};
 use log::{debug, error, info, trace, warn};
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
@@ -25,12 +25,16 @@ pub const UNIMPLEMENTED: i32 = 12;
 // Map types.
 const REQUEST_HEADERS: i32 = 0;
 const RESPONSE_HEADERS: i32 = 2;
+const HTTP_CALL_RESPONSE_HEADERS: i32 = 6;
 // Buffer types.
+const HTTP_CALL_RESPONSE_BODY: i32 = 4;
 const VM_CONFIGURATION: i32 = 6;
 const PLUGIN_CONFIGURATION: i32 = 7;
 
 /// The largest single read from guest memory (a key, a value, a body): 1 MiB.
 const MAX_READ: usize = 1 << 20;
+/// HTTP calls one callback may make.
+const MAX_CALLS: usize = 8;
 /// Shared data, all modules together: keys and bytes held at most.
 const MAX_SHARED_KEYS: usize = 10_000;
 const MAX_SHARED_VALUE: usize = 64 << 10;
@@ -51,6 +55,8 @@ pub struct Host {
     pub stream: Option<Stream>,
     /// `proxy_set_tick_period_milliseconds` (held, not yet delivered: docs/filters.md).
     pub tick_period_ms: u32,
+    /// The last `proxy_http_call` token given.
+    pub last_token: u32,
 }
 
 /// `proxy_get/set_shared_data`: one store for the process, with a CAS per key.
@@ -295,9 +301,20 @@ pub fn link(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
         "proxy_get_buffer_bytes",
         |mut cx: Cx<'_>, kind: i32, start: i32, max: i32, ret_ptr: i32, ret_len: i32| -> R {
             let plugin = Arc::clone(&cx.data().plugin);
+            let call_body;
             let buffer = match kind {
                 PLUGIN_CONFIGURATION => &plugin.configuration,
                 VM_CONFIGURATION => &plugin.vm_configuration,
+                HTTP_CALL_RESPONSE_BODY => {
+                    let stream = cx.data().stream.as_ref();
+                    match stream.and_then(|s| s.call_response.as_ref()) {
+                        Some((_, body)) => {
+                            call_body = body.clone();
+                            &call_body
+                        }
+                        None => return Ok(NOT_FOUND),
+                    }
+                }
                 _ => return Ok(NOT_FOUND),
             };
             let start = (start as u32 as usize).min(buffer.len());
@@ -316,6 +333,13 @@ pub fn link(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
             let len = match kind {
                 PLUGIN_CONFIGURATION => plugin.configuration.len(),
                 VM_CONFIGURATION => plugin.vm_configuration.len(),
+                HTTP_CALL_RESPONSE_BODY => match cx.data().stream.as_ref() {
+                    Some(Stream {
+                        call_response: Some((_, body)),
+                        ..
+                    }) => body.len(),
+                    _ => return Ok(NOT_FOUND),
+                },
                 _ => return Ok(NOT_FOUND),
             };
             let ok = write_u32(&mut cx, ret_len, len as u32) && write_u32(&mut cx, ret_flags, 0);
@@ -510,6 +534,55 @@ pub fn link(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
             Ok(OK)
         },
     )?;
+    linker.func_wrap(
+        env,
+        "proxy_http_call",
+        |mut cx: Cx<'_>,
+         up: i32,
+         un: i32,
+         hp: i32,
+         hn: i32,
+         bp: i32,
+         bn: i32,
+         _tp: i32,
+         _tn: i32,
+         timeout_ms: i32,
+         ret: i32|
+         -> R {
+            let (Some(upstream), Some(headers), Some(body)) = (
+                read(&mut cx, up, un),
+                read(&mut cx, hp, hn).and_then(|d| decode_pairs(&d)),
+                read(&mut cx, bp, bn),
+            ) else {
+                return Ok(BAD_ARGUMENT);
+            };
+            let has = |name: &str| headers.iter().any(|(k, _)| k == name);
+            if !(has(":method") && has(":path") && has(":authority")) {
+                return Ok(BAD_ARGUMENT);
+            }
+            let token = cx.data().last_token.wrapping_add(1).max(1);
+            let Some(stream) = cx.data_mut().stream.as_mut() else {
+                // From a root context (on_tick, on_configure): not offered yet.
+                return Ok(UNIMPLEMENTED);
+            };
+            if stream.calls.len() >= MAX_CALLS {
+                return Ok(INTERNAL_FAILURE);
+            }
+            stream.calls.push(Call {
+                token,
+                upstream: text(&upstream),
+                headers,
+                body,
+                timeout: std::time::Duration::from_millis(u64::from(timeout_ms as u32)),
+            });
+            cx.data_mut().last_token = token;
+            Ok(if write_u32(&mut cx, ret, token) {
+                OK
+            } else {
+                BAD_ARGUMENT
+            })
+        },
+    )?;
     unimplemented(linker)?;
     wasi(linker)
 }
@@ -527,22 +600,6 @@ fn unimplemented(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
         env,
         "proxy_set_buffer_bytes",
         |_: Cx<'_>, _: i32, _: i32, _: i32, _: i32, _: i32| -> R { Ok(UNIMPLEMENTED) },
-    )?;
-    linker.func_wrap(
-        env,
-        "proxy_http_call",
-        |_: Cx<'_>,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32|
-         -> R { Ok(UNIMPLEMENTED) },
     )?;
     linker.func_wrap(
         env,
@@ -740,6 +797,7 @@ fn with_map<T>(cx: &mut Cx<'_>, map: i32, f: impl FnOnce(&[(String, Vec<u8>)]) -
     match map {
         REQUEST_HEADERS => Some(f(&stream.request)),
         RESPONSE_HEADERS => stream.response.as_deref().map(f),
+        HTTP_CALL_RESPONSE_HEADERS => stream.call_response.as_ref().map(|(h, _)| f(h)),
         _ => None,
     }
 }

@@ -25,20 +25,29 @@ mod vm;
 use super::{Answer, Build, Exchange, Filter, Flow, Phases, Request};
 use crate::config::schema::{Duration as ConfigDuration, Size};
 use crate::metrics::METRICS;
+use async_trait::async_trait;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use log::warn;
+use pingora::connectors::TransportConnector;
 use pingora::http::{RequestHeader, ResponseHeader};
 use serde::Deserialize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::thread::ThreadId;
 use std::time::{Duration, Instant};
-use stream::{Edit, Props, Stream};
+use stream::{Call, Edit, Props, Stream};
 use vm::{Failure, Plugin};
 
 const DEFAULT_MAX_MEMORY: u64 = 16 << 20;
 const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_millis(10);
+/// An HTTP call's timeout when the guest gives none, and the longest it may give.
+const DEFAULT_CALL_TIMEOUT_HTTP: Duration = Duration::from_secs(5);
+const MAX_CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// The largest answer to an HTTP call handed to a guest.
+const MAX_CALL_BODY: usize = 1 << 20;
+/// Rounds of HTTP calls one request may make (a guest that calls again from each answer).
+const MAX_CALL_ROUNDS: usize = 8;
 /// Wasm's page is 64 KiB: a module cannot be given less than one.
 const MIN_MEMORY: u64 = 64 << 10;
 
@@ -151,6 +160,7 @@ pub fn factory(settings: &serde_yaml::Value, build: &mut Build<'_>) -> Option<Ar
         plugin: Arc::new(plugin),
         on_error: s.on_error,
         label: format!("wasm:{name}"),
+        connector: TransportConnector::new(None),
         last_logged: AtomicU64::new(0),
         suppressed: AtomicU64::new(0),
     }))
@@ -161,6 +171,8 @@ pub struct Wasm {
     on_error: OnError,
     /// `filter` in `portico_filter_errors_total`.
     label: String,
+    /// Connections for the guest's HTTP calls.
+    connector: TransportConnector,
     /// Failures are logged once per second at most, with the count of those not logged.
     last_logged: AtomicU64,
     suppressed: AtomicU64,
@@ -183,14 +195,7 @@ impl Drop for Entry {
             return;
         }
         let props = std::mem::take(&mut *self.props.lock().unwrap_or_else(|p| p.into_inner()));
-        let stream = Stream {
-            request: Vec::new(),
-            response: None,
-            request_edits: Vec::new(),
-            response_edits: Vec::new(),
-            props,
-            local: None,
-        };
+        let stream = Stream::bare(props);
         let ctx = self.ctx;
         if let Err(e) = self
             .plugin
@@ -306,24 +311,26 @@ fn answer(status: u32, headers: Vec<(String, Vec<u8>)>, body: Vec<u8>) -> Option
     })
 }
 
-impl Filter for Wasm {
-    fn phases(&self) -> Phases {
-        Phases::REQUEST | Phases::UPSTREAM_REQUEST | Phases::RESPONSE
-    }
-
-    fn request(&self, req: &mut Request<'_>) -> Flow {
-        let props = props(req);
-        let stream = Stream::new(req.head, props);
+impl Wasm {
+    /// `proxy_on_request_headers` in a new stream context: the context and the stream as the
+    /// guest left it, or the flow `on_error` gives.
+    fn start(&self, req: &Request<'_>) -> Result<(i32, Stream), Flow> {
+        let stream = Stream::new(req.head, props(req));
         let end = !req.head.headers.contains_key(http::header::CONTENT_LENGTH)
             && !req
                 .head
                 .headers
                 .contains_key(http::header::TRANSFER_ENCODING);
-        let (ctx, stream) = match self.plugin.with_vm(|vm, d| vm.request(d, stream, end)) {
-            Ok(Some(done)) => done,
-            Ok(None) => return Flow::Continue,
-            Err(e) => return self.failed(req.route, "on request headers", &e),
-        };
+        match self.plugin.with_vm(|vm, d| vm.request(d, stream, end)) {
+            Ok(Some(started)) => Ok(started),
+            Ok(None) => Err(Flow::Continue),
+            Err(e) => Err(self.failed(req.route, "on request headers", &e)),
+        }
+    }
+
+    /// Keeps the stream's context for the later phases, and answers with the guest's local
+    /// response if it gave one.
+    fn settle(&self, req: &mut Request<'_>, ctx: i32, stream: Stream) -> Flow {
         let entry = Arc::new(Entry {
             plugin: Arc::clone(&self.plugin),
             ctx,
@@ -349,6 +356,141 @@ impl Filter for Wasm {
         }
     }
 
+    /// Sends the HTTP calls the guest made and hands it each answer, until it makes no more
+    /// (at most [`MAX_CALL_ROUNDS`] rounds) or answers the request itself.
+    async fn calls(&self, req: &Request<'_>, ctx: i32, mut stream: Stream) -> Result<Stream, Flow> {
+        let mut rounds = 0;
+        while !stream.calls.is_empty() && stream.local.is_none() {
+            rounds += 1;
+            if rounds > MAX_CALL_ROUNDS {
+                let e =
+                    Failure::BadReturn(format!("more than {MAX_CALL_ROUNDS} rounds of HTTP calls"));
+                return Err(self.failed(req.route, "on http call response", &e));
+            }
+            for call in std::mem::take(&mut stream.calls) {
+                stream.call_response = self.send(&call, req).await;
+                let token = call.token;
+                let answered = self
+                    .plugin
+                    .with_vm(|vm, d| vm.http_call_response(d, ctx, token, stream));
+                stream = match answered {
+                    Ok(Some(Some(s))) => s,
+                    // The guest has no handler, or its VM is gone: nothing more to wait for.
+                    Ok(_) => return Err(Flow::Continue),
+                    Err(e) => return Err(self.failed(req.route, "on http call response", &e)),
+                };
+                stream.call_response = None;
+                if stream.local.is_some() {
+                    break;
+                }
+            }
+        }
+        Ok(stream)
+    }
+
+    /// One HTTP call, to a peer of the upstream group it names; `None` (the guest sees no
+    /// headers) when there is no such group, no peer, or no answer in time.
+    async fn send(&self, call: &Call, req: &Request<'_>) -> Option<(stream::Headers, Vec<u8>)> {
+        let group = req.groups.get(&call.upstream)?;
+        let peer = group.select(&[], &[])?;
+        let timeout = match call.timeout {
+            t if t.is_zero() => DEFAULT_CALL_TIMEOUT_HTTP,
+            t => t.min(MAX_CALL_TIMEOUT),
+        };
+        let mut target = peer.template.clone();
+        target.options.connection_timeout = Some(timeout);
+        target.options.read_timeout = Some(timeout);
+        target.options.write_timeout = Some(timeout);
+        let field = |name: &str| {
+            call.headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_slice())
+        };
+        let mut head = RequestHeader::build(field(":method")?, field(":path")?, None).ok()?;
+        head.insert_header(http::header::HOST, field(":authority")?)
+            .ok()?;
+        for (k, v) in call.headers.iter().filter(|(k, _)| !k.starts_with(':')) {
+            if !matches!(
+                k.as_str(),
+                "host" | "content-length" | "transfer-encoding" | "connection"
+            ) {
+                head.append_header(k.clone(), v.as_slice()).ok()?;
+            }
+        }
+        if !call.body.is_empty() {
+            head.insert_header(http::header::CONTENT_LENGTH, call.body.len())
+                .ok()?;
+        }
+        let sent = super::subrequest::exchange(
+            &self.connector,
+            &target,
+            head,
+            Some(&call.body),
+            MAX_CALL_BODY,
+        );
+        let reply = match tokio::time::timeout(timeout, sent).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(e)) => {
+                log::info!(
+                    "wasm {}: http call to {}: {e}",
+                    self.plugin.info.name,
+                    call.upstream
+                );
+                return None;
+            }
+            Err(_) => {
+                log::info!(
+                    "wasm {}: http call to {} timed out",
+                    self.plugin.info.name,
+                    call.upstream
+                );
+                return None;
+            }
+        };
+        let mut headers = vec![(
+            ":status".to_owned(),
+            reply.head.status.as_u16().to_string().into_bytes(),
+        )];
+        headers.extend(
+            reply
+                .head
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec())),
+        );
+        Some((headers, reply.body.to_vec()))
+    }
+}
+
+#[async_trait]
+impl Filter for Wasm {
+    fn phases(&self) -> Phases {
+        let request = match self.plugin.calls {
+            true => Phases::REQUEST_ASYNC,
+            false => Phases::REQUEST,
+        };
+        request | Phases::UPSTREAM_REQUEST | Phases::RESPONSE
+    }
+
+    fn request(&self, req: &mut Request<'_>) -> Flow {
+        match self.start(req) {
+            Ok((ctx, stream)) => self.settle(req, ctx, stream),
+            Err(flow) => flow,
+        }
+    }
+
+    async fn request_async(&self, req: &mut Request<'_>) -> Flow {
+        let (ctx, stream) = match self.start(req) {
+            Ok(started) => started,
+            Err(flow) => return flow,
+        };
+        match self.calls(req, ctx, stream).await {
+            Ok(stream) => self.settle(req, ctx, stream),
+            Err(flow) => flow,
+        }
+    }
+
     fn upstream_request(&self, req: &mut RequestHeader, cx: &Exchange<'_>) {
         if let Some(entry) = Entries::of(cx.ext, &self.plugin) {
             stream::replay(&entry.request_edits, req);
@@ -365,12 +507,8 @@ impl Filter for Wasm {
             props.clone()
         };
         let stream = Stream {
-            request: Vec::new(),
             response: Some(Stream::response_from(resp)),
-            request_edits: Vec::new(),
-            response_edits: Vec::new(),
-            props,
-            local: None,
+            ..Stream::bare(props)
         };
         match self
             .plugin

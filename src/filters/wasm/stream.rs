@@ -41,6 +41,21 @@ pub struct Stream {
     pub props: Props,
     /// `proxy_send_local_response`: status, headers, body.
     pub local: Option<(u32, Headers, Vec<u8>)>,
+    /// `proxy_http_call`s made in the last callback, to be sent.
+    pub calls: Vec<Call>,
+    /// The answer to the call whose `proxy_on_http_call_response` runs now: its headers
+    /// (`:status` first; none when the call failed) and body.
+    pub call_response: Option<(Headers, Vec<u8>)>,
+}
+
+/// An HTTP call a guest asked for: to an upstream group of the file, by name.
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub token: u32,
+    pub upstream: String,
+    pub headers: Headers,
+    pub body: Vec<u8>,
+    pub timeout: std::time::Duration,
 }
 
 fn protected(name: &str) -> bool {
@@ -88,6 +103,20 @@ fn apply(headers: &mut Headers, e: &Edit) -> bool {
 }
 
 impl Stream {
+    /// A stream with no headers (the end of a request).
+    pub fn bare(props: Props) -> Stream {
+        Stream {
+            request: Vec::new(),
+            response: None,
+            request_edits: Vec::new(),
+            response_edits: Vec::new(),
+            props,
+            local: None,
+            calls: Vec::new(),
+            call_response: None,
+        }
+    }
+
     pub fn new(head: &RequestHeader, props: Props) -> Stream {
         let mut request: Headers = vec![
             (":method".into(), props.method.clone().into_bytes()),
@@ -102,11 +131,7 @@ impl Stream {
         );
         Stream {
             request,
-            response: None,
-            request_edits: Vec::new(),
-            response_edits: Vec::new(),
-            props,
-            local: None,
+            ..Stream::bare(props)
         }
     }
 

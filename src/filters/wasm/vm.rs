@@ -106,6 +106,8 @@ fn failure(e: wasmtime::Error) -> Failure {
 pub struct Plugin {
     pub id: u64,
     pub info: Arc<PluginInfo>,
+    /// The module imports `proxy_http_call`: its request phase may wait.
+    pub calls: bool,
     pre: InstancePre<Host>,
     max_memory: usize,
     deadline_ticks: u64,
@@ -138,6 +140,17 @@ const CALLBACKS: &[(&str, &[ValType], &[ValType])] = &[
         "proxy_on_response_headers",
         &[ValType::I32, ValType::I32, ValType::I32],
         &[ValType::I32],
+    ),
+    (
+        "proxy_on_http_call_response",
+        &[
+            ValType::I32,
+            ValType::I32,
+            ValType::I32,
+            ValType::I32,
+            ValType::I32,
+        ],
+        &[],
     ),
     ("proxy_on_log", &[ValType::I32], &[]),
     ("proxy_on_done", &[ValType::I32], &[ValType::I32]),
@@ -226,6 +239,9 @@ impl Plugin {
         let plugin = Plugin {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             info: Arc::new(info),
+            calls: module
+                .imports()
+                .any(|i| i.module() == "env" && i.name() == "proxy_http_call"),
             pre,
             max_memory,
             deadline_ticks: (call_timeout.as_micros() / TICK.as_micros()).max(1) as u64 + 1,
@@ -237,12 +253,16 @@ impl Plugin {
     }
 }
 
+/// `proxy_on_http_call_response(context, token, headers, body size, trailers)`.
+type CallResponse = TypedFunc<(i32, i32, i32, i32, i32), ()>;
+
 /// A plugin's instance on one thread, its root context started.
 pub struct Vm {
     store: Store<Host>,
     context_create: TypedFunc<(i32, i32), ()>,
     request_headers: Option<TypedFunc<(i32, i32, i32), i32>>,
     response_headers: Option<TypedFunc<(i32, i32, i32), i32>>,
+    call_response: Option<CallResponse>,
     on_log: Option<TypedFunc<i32, ()>>,
     on_done: Option<TypedFunc<i32, i32>>,
     on_delete: Option<TypedFunc<i32, ()>>,
@@ -261,6 +281,7 @@ impl Vm {
                 .build(),
             stream: None,
             tick_period_ms: 0,
+            last_token: 0,
         };
         let mut store = Store::new(&ENGINE, host);
         store.limiter(|h| &mut h.limits);
@@ -289,6 +310,7 @@ impl Vm {
         let mut vm = Vm {
             request_headers: func!("proxy_on_request_headers"),
             response_headers: func!("proxy_on_response_headers"),
+            call_response: func!("proxy_on_http_call_response"),
             on_log: func!("proxy_on_log"),
             on_done: func!("proxy_on_done"),
             on_delete: func!("proxy_on_delete"),
@@ -360,6 +382,35 @@ impl Vm {
         let stream = stream.ok_or_else(|| Failure::BadReturn("stream lost".into()))?;
         check_action(action, "proxy_on_request_headers")?;
         Ok((ctx, stream))
+    }
+
+    /// `proxy_on_http_call_response` for the answer `stream.call_response` holds to call
+    /// `token`; `Ok(None)` when this VM does not know the context.
+    pub fn http_call_response(
+        &mut self,
+        deadline: u64,
+        ctx: i32,
+        token: u32,
+        stream: Stream,
+    ) -> Result<Option<Stream>, Failure> {
+        let Some(f) = self
+            .call_response
+            .clone()
+            .filter(|_| self.open.contains(&ctx))
+        else {
+            return Ok(None);
+        };
+        let (headers, body) = stream
+            .call_response
+            .as_ref()
+            .map_or((0, 0), |(h, b)| (h.len() as i32, b.len() as i32));
+        self.store.data_mut().stream = Some(stream);
+        let done = self.call(deadline, |vm| {
+            f.call(&mut vm.store, (ctx, token as i32, headers, body, 0))
+        });
+        let stream = self.store.data_mut().stream.take();
+        done?;
+        Ok(stream)
     }
 
     /// `proxy_on_response_headers` for a context of this VM; `Ok(None)` when it does not know
