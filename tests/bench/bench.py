@@ -9,7 +9,8 @@ headers; the origins and the load generator run on CPU 1. For each proxy:
   - WebSocket messages: 16 connections echoing a small message back and forth for DURATION
     seconds (tests/bench/ws_load.py): messages/s and the proxy's CPU time per message;
   - idle WebSockets: RSS growth per connection with N open (tests/bench/ws_memory.py).
-BENCH_ONLY=portico,nginx runs a subset; BARE_PINGORA=path/to/bare_pingora adds Pingora alone
+A fourth arm, portico-wasm, is portico with one Wasm filter on the HTTP route (one request
+header added: tests/bench/add_header.wat), for what a Proxy-Wasm filter costs. BENCH_ONLY=portico,nginx runs a subset; BARE_PINGORA=path/to/bare_pingora adds Pingora alone
 (examples/bare_pingora.rs). BENCH_ROUNDS (default 3): the proxies take turns this many
 times and each figure is the median (single runs on a 2-core machine vary by 5-15%).
 Prints one table with every figure also as a ratio to nginx and to HAProxy. Loopback only;
@@ -24,7 +25,7 @@ import os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, ti
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ORIGIN_HTTP, ORIGIN_WS = 3101, 3003  # nginx origin; the demo echo origin listens on 3003
-PORTS = {"portico": 3201, "nginx": 3202, "haproxy": 3203, "pingora": 3204}
+PORTS = {"portico": 3201, "nginx": 3202, "haproxy": 3203, "pingora": 3204, "portico-wasm": 3205}
 CLK = os.sysconf("SC_CLK_TCK")
 
 def wait_port(port, timeout=10):
@@ -117,8 +118,12 @@ routes:
   - {{path_prefix: /ws/, upstream: ws}}
   - {{path_prefix: /, upstream: web}}
 """
+    # The same with one Wasm filter (adds a request header) on the HTTP route.
+    portico_wasm = portico.replace(f"{PORTS['portico']}'", f"{PORTS['portico-wasm']}'").replace(
+        "portico.pid", "portico-wasm.pid").replace("portico.sock", "portico-wasm.sock").replace(
+        "upstream: web}", f"upstream: web, filters: [{{wasm: {{module: '{HERE}/add_header.wat'}}}}]}}")
     files = {}
-    for name, text in [("origin.conf", nginx_origin), ("nginx.conf", nginx_proxy), ("haproxy.cfg", haproxy), ("portico.yaml", portico)]:
+    for name, text in [("origin.conf", nginx_origin), ("nginx.conf", nginx_proxy), ("haproxy.cfg", haproxy), ("portico.yaml", portico), ("portico-wasm.yaml", portico_wasm)]:
         path = os.path.join(tmp, name)
         with open(path, "w") as f:
             f.write(text)
@@ -127,7 +132,8 @@ routes:
 
 README_BEGIN = "<!-- bench:begin: written by tests/bench/bench.py (make bench), do not edit -->"
 README_END = "<!-- bench:end -->"
-LABELS = {"portico": "portico", "nginx": "nginx", "haproxy": "HAProxy", "pingora": "bare Pingora"}
+LABELS = {"portico": "portico", "nginx": "nginx", "haproxy": "HAProxy", "pingora": "bare Pingora",
+          "portico-wasm": "portico, 1 Wasm filter"}
 
 def machine():
     """CPU model, CPU count and kernel of this machine, for the README's table."""
@@ -173,6 +179,11 @@ def render(results, runs, when, setup):
     out.append(f"Ratios, portico to nginx / HAProxy: CPU per request {a['cpu']:.2f}x / {b['cpu']:.2f}x, per WebSocket "
                f"message {a['msg']:.2f}x / {b['msg']:.2f}x, p99 {a['p99']:.2f}x / {b['p99']:.2f}x, memory per idle "
                f"WebSocket {a['kib']:.2f}x / {b['kib']:.2f}x, requests per second {a['rps']:.2f}x / {b['rps']:.2f}x.")
+    if "portico-wasm" in results:
+        w = results["portico-wasm"]
+        out.append(f"One Wasm filter that adds a request header (tests/bench/add_header.wat): CPU per request "
+                   f"{w['cpu_us']:.1f} µs against {p['cpu_us']:.1f} µs without ({(w['cpu_us'] / p['cpu_us'] - 1) * 100:+.0f}%), "
+                   f"requests per second {(w['rps'] / p['rps'] - 1) * 100:+.0f}%.")
     if "pingora" in results:
         c = ratios(p, results["pingora"])
         out.append(f"To bare Pingora: CPU per request {c['cpu']:.2f}x, per message {c['msg']:.2f}x, p99 {c['p99']:.2f}x, "
@@ -252,6 +263,7 @@ def main():
             "portico": [portico_bin, "-c", files["portico.yaml"]],
             "nginx": ["nginx", "-c", files["nginx.conf"], "-p", tmp, "-g", "daemon off;"],
             "haproxy": ["haproxy", "-f", files["haproxy.cfg"], "-db"],
+            "portico-wasm": [portico_bin, "-c", files["portico-wasm.yaml"]],
         }
         # BARE_PINGORA=examples/bare_pingora binary: also the framework alone, Pingora's own
         # load-balancer example with the same headers (its floor under portico's figures).
@@ -282,7 +294,7 @@ def main():
                                      capture_output=True, text=True, timeout=300).stdout
                 kib = float(re.search(r"([\d.]+) KiB per connection", mem).group(1))
             # SIGINT: Pingora's fast shutdown (SIGTERM waits out a grace period).
-            env_proc.send_signal(signal.SIGINT if name in ("portico", "pingora") else signal.SIGTERM)
+            env_proc.send_signal(signal.SIGINT if name in ("portico", "pingora", "portico-wasm") else signal.SIGTERM)
             env_proc.wait(timeout=20)
             return {"rps": requests / duration, "p50": p50, "p99": p99, "cpu_us": cpu * 1e6 / requests, "user_us": user * 1e6 / requests,
                     "ws_us": ws_cpu * 1e6 / messages, "ws_mps": messages / duration, "ws_kib": kib, "errors": errors}
