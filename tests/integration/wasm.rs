@@ -308,3 +308,23 @@ async fn a_guest_pauses_a_request_for_an_http_call_and_decides_on_its_answer() {
     assert_eq!((r.status, r.text().as_str()), (401, "refused"));
     assert_eq!(origin.hits(), 1);
 }
+
+/// A root context's timer: `proxy_set_tick_period_milliseconds` at start, then `proxy_on_tick`
+/// on each worker thread's VM, its effect seen by requests (through shared data).
+#[tokio::test]
+async fn a_guest_gets_its_ticks() {
+    let origin = HttpOrigin::start("a").await;
+    let proxy = Proxy::start(&format!(
+        "upstreams:\n  app: {{peers: ['{}']}}\nroutes:\n  - {{path_prefix: /, upstream: app, filters: [{}]}}\n",
+        origin.addr,
+        wasm(&fixture("ticker.wat"), "")
+    ))
+    .await;
+    // The first request starts the thread's VM, and with it its ticks.
+    assert_eq!(get(proxy.addr, "/", &[]).await.status, 200);
+    eventually("ticks counted", || async {
+        let seen = get(proxy.addr, "/", &[]).await.upstream_header("x-ticks");
+        seen.first().is_some_and(|n| n.as_str() >= "3")
+    })
+    .await;
+}

@@ -53,7 +53,7 @@ pub struct Host {
     pub limits: StoreLimits,
     /// The stream whose callback runs now (`None`: a root-context callback).
     pub stream: Option<Stream>,
-    /// `proxy_set_tick_period_milliseconds` (held, not yet delivered: docs/filters.md).
+    /// `proxy_set_tick_period_milliseconds`, as the VM's start left it.
     pub tick_period_ms: u32,
     /// The last `proxy_http_call` token given.
     pub last_token: u32,

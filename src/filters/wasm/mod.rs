@@ -199,7 +199,7 @@ impl Drop for Entry {
         let ctx = self.ctx;
         if let Err(e) = self
             .plugin
-            .with_existing_vm(|vm, d| vm.finish(d, ctx, stream))
+            .with_existing_vm(None, |vm, d| vm.finish(d, ctx, stream))
         {
             warn!(
                 "wasm {}: at the end of a request: {e}",

@@ -152,6 +152,7 @@ const CALLBACKS: &[(&str, &[ValType], &[ValType])] = &[
         ],
         &[],
     ),
+    ("proxy_on_tick", &[ValType::I32], &[]),
     ("proxy_on_log", &[ValType::I32], &[]),
     ("proxy_on_done", &[ValType::I32], &[ValType::I32]),
     ("proxy_on_delete", &[ValType::I32], &[]),
@@ -263,12 +264,15 @@ pub struct Vm {
     request_headers: Option<TypedFunc<(i32, i32, i32), i32>>,
     response_headers: Option<TypedFunc<(i32, i32, i32), i32>>,
     call_response: Option<CallResponse>,
+    on_tick: Option<TypedFunc<i32, ()>>,
     on_log: Option<TypedFunc<i32, ()>>,
     on_done: Option<TypedFunc<i32, i32>>,
     on_delete: Option<TypedFunc<i32, ()>>,
     next_context: i32,
     /// Stream contexts created here and not yet deleted.
     open: Vec<i32>,
+    /// Tells this VM from the one that replaces it (for its tick task).
+    serial: u64,
 }
 
 impl Vm {
@@ -311,6 +315,7 @@ impl Vm {
             request_headers: func!("proxy_on_request_headers"),
             response_headers: func!("proxy_on_response_headers"),
             call_response: func!("proxy_on_http_call_response"),
+            on_tick: func!("proxy_on_tick"),
             on_log: func!("proxy_on_log"),
             on_done: func!("proxy_on_done"),
             on_delete: func!("proxy_on_delete"),
@@ -318,6 +323,10 @@ impl Vm {
             store,
             next_context: ROOT_CONTEXT + 1,
             open: Vec::new(),
+            serial: {
+                static SERIAL: AtomicU64 = AtomicU64::new(1);
+                SERIAL.fetch_add(1, Ordering::Relaxed)
+            },
         };
         vm.call(deadline, |vm| {
             vm.context_create.call(&mut vm.store, (ROOT_CONTEXT, 0))
@@ -382,6 +391,14 @@ impl Vm {
         let stream = stream.ok_or_else(|| Failure::BadReturn("stream lost".into()))?;
         check_action(action, "proxy_on_request_headers")?;
         Ok((ctx, stream))
+    }
+
+    /// `proxy_on_tick` on the root context.
+    pub fn tick(&mut self, deadline: u64) -> Result<(), Failure> {
+        match self.on_tick.clone() {
+            Some(f) => self.call(deadline, |vm| f.call(&mut vm.store, ROOT_CONTEXT)),
+            None => Ok(()),
+        }
     }
 
     /// `proxy_on_http_call_response` for the answer `stream.call_response` holds to call
@@ -484,7 +501,7 @@ impl Plugin {
     /// Runs `f` on this thread's VM of the plugin, creating it first if needed. A failure
     /// throws the VM away. `Ok(None)`: the thread's VMs are busy (a re-entrant call) or gone.
     pub fn with_vm<T>(
-        &self,
+        self: &Arc<Self>,
         f: impl FnOnce(&mut Vm, u64) -> Result<T, Failure>,
     ) -> Result<Option<T>, Failure> {
         let run = |vms: &RefCell<HashMap<u64, (Weak<PluginInfo>, Vm)>>| {
@@ -494,6 +511,10 @@ impl Plugin {
             if !vms.contains_key(&self.id) {
                 vms.retain(|_, (info, _)| info.strong_count() > 0);
                 let vm = Vm::new(self)?;
+                let period = vm.store.data().tick_period_ms;
+                if period > 0 {
+                    start_ticks(Arc::downgrade(self), vm.serial, period);
+                }
                 vms.insert(self.id, (Arc::downgrade(&self.info), vm));
             }
             let (_, vm) = vms.get_mut(&self.id).expect("inserted above");
@@ -506,24 +527,58 @@ impl Plugin {
         VMS.try_with(run).unwrap_or(Ok(None))
     }
 
-    /// Runs `f` only if this thread already has the plugin's VM (the end of a stream).
+    /// Runs `f` only if this thread has the plugin's VM (`serial`: that one VM); whether it
+    /// ran. A failure throws the VM away.
     pub fn with_existing_vm(
         &self,
+        serial: Option<u64>,
         f: impl FnOnce(&mut Vm, u64) -> Result<(), Failure>,
-    ) -> Result<(), Failure> {
+    ) -> Result<bool, Failure> {
         let run = |vms: &RefCell<HashMap<u64, (Weak<PluginInfo>, Vm)>>| {
             let Ok(mut vms) = vms.try_borrow_mut() else {
-                return Ok(());
+                return Ok(false);
             };
-            let Some((_, vm)) = vms.get_mut(&self.id) else {
-                return Ok(());
+            let found = vms
+                .get_mut(&self.id)
+                .filter(|(_, vm)| serial.is_none_or(|s| vm.serial == s));
+            let Some((_, vm)) = found else {
+                return Ok(false);
             };
             let result = f(vm, self.deadline_ticks);
             if result.is_err() {
                 vms.remove(&self.id);
             }
-            result
+            result.map(|()| true)
         };
-        VMS.try_with(run).unwrap_or(Ok(()))
+        VMS.try_with(run).unwrap_or(Ok(false))
     }
+}
+
+/// `proxy_on_tick` every `period_ms` on this thread's VM `serial` of the plugin (a task on the
+/// worker thread's runtime, as Envoy's timer on its worker's dispatcher). It ends with the VM
+/// (replaced after a failure: the new VM starts its own) or the plugin (a reload).
+fn start_ticks(plugin: Weak<Plugin>, serial: u64, period_ms: u32) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let period = Duration::from_millis(u64::from(period_ms).max(1));
+    runtime.spawn(async move {
+        let mut every = tokio::time::interval(period);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        every.tick().await;
+        loop {
+            every.tick().await;
+            let Some(plugin) = plugin.upgrade() else {
+                return;
+            };
+            match plugin.with_existing_vm(Some(serial), |vm, d| vm.tick(d)) {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(e) => {
+                    log::warn!("wasm {}: on tick: {e}", plugin.info.name);
+                    return;
+                }
+            }
+        }
+    });
 }
