@@ -157,6 +157,7 @@ pub(crate) async fn websocket(
                 ctx.connection_slot.take().map(Box::new),
                 ctx.in_flight.take(),
                 crate::conn::take_permit(),
+                std::mem::take(&mut ctx.ext),
             ),
         };
         ctx.handed_off = true;
@@ -260,6 +261,9 @@ pin_project_lite::pin_project! {
             Option<GaugeGuard>,
             // The client connection's place under server.max_connections.
             Option<crate::conn::ConnectionPermit>,
+            // Filters' per-request state, ended when the tunnel closes (a Wasm stream context:
+            // its on_log runs then). Empty: no allocation.
+            http::Extensions,
         ),
     }
 }

@@ -80,6 +80,8 @@ async fn a_local_response_never_reaches_the_origin_and_a_guest_authorises_an_upg
         Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 403),
         other => panic!("expected 403, got {:?}", other.map(|(_, r)| r.status())),
     }
+    let logged = || proxy.logs().matches("stream logged").count();
+    let before = logged();
     let (mut ws, resp) = ws_connect(proxy.addr, "/ws/", &[("X-Token", "t")])
         .await
         .unwrap();
@@ -88,10 +90,17 @@ async fn a_local_response_never_reaches_the_origin_and_a_guest_authorises_an_upg
         .await
         .unwrap();
     assert_eq!(ws.next().await.unwrap().unwrap().into_text().unwrap(), "hi");
+    // The guest's stream ends when the WebSocket does, not at its 101.
+    assert_eq!(logged(), before);
+    ws.close(None).await.unwrap();
+    eventually("on_log when the WebSocket closes", || async {
+        logged() == before + 1
+    })
+    .await;
 }
 
-/// A guest that traps, and one that never returns (stopped by call_timeout): each such request
-/// gets its route's on_error answer (deny: 500 before any peer; allow: on to the peer as if
+/// A guest that traps, one that never returns (stopped by call_timeout) and one that asks for
+/// more memory than max_memory: each such request gets its route's on_error answer (deny: 500 before any peer; allow: on to the peer as if
 /// the filter were not there), every other request is served, and the failures are counted.
 #[tokio::test]
 async fn a_trap_and_an_endless_loop_get_on_error_while_others_are_served() {
@@ -105,7 +114,7 @@ async fn a_trap_and_an_endless_loop_get_on_error_while_others_are_served() {
         wasm(&guest, ", call_timeout: 20ms, name: strict"),
     ))
     .await;
-    for bad in ["X-Trap", "X-Loop"] {
+    for bad in ["X-Trap", "X-Loop", "X-Grow"] {
         let hits = origin.hits();
         let r = get(proxy.addr, "/x", &[(bad, "1")]).await;
         assert_eq!(
@@ -142,10 +151,10 @@ async fn a_trap_and_an_endless_loop_get_on_error_while_others_are_served() {
     }
     let m = scrape(admin).await;
     assert!(
-        m.contains("portico_filter_errors_total{filter=\"wasm:strict\",route=\"closed\"} 12"),
+        m.contains("portico_filter_errors_total{filter=\"wasm:strict\",route=\"closed\"} 13"),
         "{m}"
     );
-    assert!(m.contains("portico_filter_errors_total{filter=\"wasm:guest\",route=\"open\"} 2"));
+    assert!(m.contains("portico_filter_errors_total{filter=\"wasm:guest\",route=\"open\"} 3"));
     // Logged once a second at most per filter: the first failure of each.
     let logs = proxy.logs();
     assert!(
