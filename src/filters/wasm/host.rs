@@ -57,6 +57,8 @@ pub struct Host {
     pub tick_period_ms: u32,
     /// The last `proxy_http_call` token given.
     pub last_token: u32,
+    /// The guest's exported memory (looked up once, not on every access).
+    pub memory: Option<Memory>,
 }
 
 /// `proxy_get/set_shared_data`: one store for the process, with a CAS per key.
@@ -128,10 +130,7 @@ type Cx<'a> = Caller<'a, Host>;
 type R = wasmtime::Result<i32>;
 
 fn memory(cx: &mut Cx<'_>) -> Option<Memory> {
-    match cx.get_export("memory") {
-        Some(Extern::Memory(m)) => Some(m),
-        _ => None,
-    }
+    cx.data().memory
 }
 
 /// `len` bytes at `ptr` of the guest's memory; `None` when out of bounds or too long.

@@ -272,12 +272,12 @@ fn props(req: &Request<'_>) -> Props {
         host: req.view.host.clone().unwrap_or_default(),
         scheme: if req.client.tls { "https" } else { "http" },
         protocol: match req.head.version {
-            http::Version::HTTP_2 => "HTTP/2".into(),
-            http::Version::HTTP_10 => "HTTP/1.0".into(),
-            _ => "HTTP/1.1".into(),
+            http::Version::HTTP_2 => "HTTP/2",
+            http::Version::HTTP_10 => "HTTP/1.0",
+            _ => "HTTP/1.1",
         },
         id: req.vars.get("request_id").map(str::to_owned),
-        source: req.client.ip.to_string(),
+        source: Some(req.client.ip),
         route: req.route.to_owned(),
         upstream: req.upstream().unwrap_or_default().to_owned(),
         response_code: None,
@@ -470,7 +470,11 @@ impl Filter for Wasm {
             true => Phases::REQUEST_ASYNC,
             false => Phases::REQUEST,
         };
-        request | Phases::UPSTREAM_REQUEST | Phases::RESPONSE
+        let response = match self.plugin.response_headers {
+            true => Phases::RESPONSE,
+            false => Phases::default(),
+        };
+        request | Phases::UPSTREAM_REQUEST | response
     }
 
     fn request(&self, req: &mut Request<'_>) -> Flow {

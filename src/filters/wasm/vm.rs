@@ -108,6 +108,8 @@ pub struct Plugin {
     pub info: Arc<PluginInfo>,
     /// The module imports `proxy_http_call`: its request phase may wait.
     pub calls: bool,
+    /// The module exports `proxy_on_response_headers` (else the filter skips the response phase).
+    pub response_headers: bool,
     pre: InstancePre<Host>,
     max_memory: usize,
     deadline_ticks: u64,
@@ -243,6 +245,7 @@ impl Plugin {
             calls: module
                 .imports()
                 .any(|i| i.module() == "env" && i.name() == "proxy_http_call"),
+            response_headers: exports.contains_key("proxy_on_response_headers"),
             pre,
             max_memory,
             deadline_ticks: (call_timeout.as_micros() / TICK.as_micros()).max(1) as u64 + 1,
@@ -286,6 +289,7 @@ impl Vm {
             stream: None,
             tick_period_ms: 0,
             last_token: 0,
+            memory: None,
         };
         let mut store = Store::new(&ENGINE, host);
         store.limiter(|h| &mut h.limits);
@@ -295,6 +299,7 @@ impl Vm {
         let deadline = plugin.deadline_ticks.max(1000);
         store.set_epoch_deadline(deadline);
         let instance = plugin.pre.instantiate(&mut store).map_err(failure)?;
+        store.data_mut().memory = instance.get_memory(&mut store, "memory");
         macro_rules! func {
             ($name:expr) => {
                 instance.get_typed_func(&mut store, $name).ok()
