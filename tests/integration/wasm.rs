@@ -81,6 +81,9 @@ async fn a_local_response_never_reaches_the_origin_and_a_guest_authorises_an_upg
         other => panic!("expected 403, got {:?}", other.map(|(_, r)| r.status())),
     }
     let logged = || proxy.logs().matches("stream logged").count();
+    // Each of the three requests so far ends its stream (on_log) just after its answer is
+    // sent: wait for the last one's line, else it could land after `before` is read.
+    eventually("on_log of the three answered requests", || async { logged() == 3 }).await;
     let before = logged();
     let (mut ws, resp) = ws_connect(proxy.addr, "/ws/", &[("X-Token", "t")])
         .await
