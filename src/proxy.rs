@@ -3,6 +3,7 @@
 //! the access log.
 
 use crate::accesslog::{account, Entry};
+use crate::filters::BodyCx;
 use crate::forward;
 use crate::metrics::METRICS;
 use crate::request::admit::{admit, admit_deferred, Answer, Client};
@@ -92,7 +93,10 @@ impl ProxyHttp for Portico {
             Upgrade::WebSocket => {
                 forward::upgrade::websocket(&self.connector, self.drain_limit, session, ctx).await
             }
-            _ if ctx.snapshot.fast_path && forward::is_plain(session) => {
+            _ if ctx.snapshot.fast_path
+                && forward::is_plain(session)
+                && !ctx.route().is_some_and(|r| r.chain.has_response_body()) =>
+            {
                 forward::plain(self, &self.connector, session, ctx).await
             }
             _ => Ok(false),
@@ -162,23 +166,73 @@ impl ProxyHttp for Portico {
         Ok(())
     }
 
-    /// Bodies without a Content-Length are counted as they stream against `max_body_size`.
+    /// Bodies without a Content-Length are counted as they stream against `max_body_size`;
+    /// then the route's `request_body` filters.
     async fn request_body_filter(
         &self,
         session: &mut Session,
         body: &mut Option<Bytes>,
-        _end: bool,
+        end: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let Some(max) = ctx.route().and_then(|r| r.max_body_size) else {
+        let snapshot = Arc::clone(&ctx.snapshot);
+        let Some(route) = ctx.route.map(|i| &snapshot.routes[i]) else {
             return Ok(());
         };
-        ctx.body_bytes += body.as_ref().map_or(0, |b| b.len() as u64);
-        if ctx.body_bytes > max {
-            session.set_keepalive(None);
-            return Error::e_explain(HTTPStatus(413), format!("request body over {max} bytes"));
+        if let Some(max) = route.max_body_size {
+            ctx.body_bytes += body.as_ref().map_or(0, |b| b.len() as u64);
+            if ctx.body_bytes > max {
+                session.set_keepalive(None);
+                return Error::e_explain(HTTPStatus(413), format!("request body over {max} bytes"));
+            }
         }
+        if !route.chain.has_request_body() {
+            return Ok(());
+        }
+        let mut chunk = body.take().unwrap_or_default();
+        let mut cx = BodyCx {
+            route: &route.name,
+            vars: &mut ctx.vars,
+            ext: &mut ctx.ext,
+        };
+        if let Err(answer) = route.chain.request_body(&mut chunk, end, &mut cx) {
+            session.set_keepalive(None);
+            let status = answer.status;
+            ctx.body_answer = Some(answer);
+            return Error::e_explain(HTTPStatus(status), "answered by a request body filter");
+        }
+        // Empty and not the end: nothing is sent (Pingora reads `None` as the end).
+        *body = (!chunk.is_empty() || !end).then_some(chunk);
         Ok(())
+    }
+
+    /// The route's `response_body` filters (a route with one never takes the own loop).
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        let snapshot = Arc::clone(&ctx.snapshot);
+        let Some(route) = ctx
+            .route
+            .map(|i| &snapshot.routes[i])
+            .filter(|r| r.chain.has_response_body())
+        else {
+            return Ok(None);
+        };
+        let mut chunk = body.take().unwrap_or_default();
+        let mut cx = BodyCx {
+            route: &route.name,
+            vars: &mut ctx.vars,
+            ext: &mut ctx.ext,
+        };
+        if let Err(why) = route.chain.response_body(&mut chunk, end, &mut cx) {
+            return Error::e_explain(InternalError, format!("response body filter: {why}"));
+        }
+        *body = (!chunk.is_empty()).then_some(chunk);
+        Ok(None)
     }
 
     async fn upstream_request_filter(
@@ -230,9 +284,24 @@ impl ProxyHttp for Portico {
         &self,
         session: &mut Session,
         e: &Error,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> FailToProxy {
         let code = error_status(e);
+        // A request body filter's own answer, unless the peer's has begun already.
+        if let Some(answer) = ctx.body_answer.take() {
+            let final_sent = session
+                .response_written()
+                .is_some_and(|r| !r.status.is_informational() || r.status == 101);
+            if !final_sent {
+                if let Err(e) = reject(session, ctx, &answer).await {
+                    log::info!("failed to send a body filter's answer: {e}");
+                }
+                return FailToProxy {
+                    error_code: answer.status,
+                    can_reuse_downstream: false,
+                };
+            }
+        }
         if code > 0 {
             if let Err(e) = session.respond_error(code).await {
                 log::error!("failed to send the error response: {e}");

@@ -15,7 +15,14 @@
 //! - `upstream_request`: edits the request head the peer gets (after the forwarding headers).
 //! - `response`: edits the response head the client gets (portico's own answers included,
 //!   WebSocket 101s excepted: those pass byte for byte).
+//! - `request_body`: each piece of the request body on its way to the peer, which it may
+//!   change or hold back (to see more of it first). A body a filter may resize goes chunked
+//!   (the filter drops `Content-Length` in its `upstream_request` phase).
+//! - `response_body`: the same for the response body on its way to the client (a route with
+//!   such a filter never takes portico's own loop).
 //! - `log`: observes the finished request (for a WebSocket, when it closes).
+//!
+//! Body phases do not run inside a WebSocket tunnel: after a 101 the bytes pass untouched.
 
 pub mod auth;
 pub mod canary;
@@ -58,6 +65,8 @@ impl Phases {
     pub const UPSTREAM_REQUEST: Phases = Phases(4);
     pub const RESPONSE: Phases = Phases(8);
     pub const LOG: Phases = Phases(16);
+    pub const REQUEST_BODY: Phases = Phases(32);
+    pub const RESPONSE_BODY: Phases = Phases(64);
 
     pub fn contains(self, other: Phases) -> bool {
         self.0 & other.0 == other.0
@@ -210,6 +219,13 @@ pub struct Exchange<'a> {
     pub ext: &'a http::Extensions,
 }
 
+/// What the body phases see besides the piece of body they get.
+pub struct BodyCx<'a> {
+    pub route: &'a str,
+    pub vars: &'a mut Vars,
+    pub ext: &'a mut http::Extensions,
+}
+
 /// A finished request, for the `log` phase.
 pub struct Done<'a> {
     pub route: &'a str,
@@ -243,6 +259,30 @@ pub trait Filter: Send + Sync + 'static {
 
     fn response(&self, _resp: &mut ResponseHeader, _cx: &Exchange<'_>) {}
 
+    /// For [`Phases::REQUEST_BODY`]: `chunk` is the next piece of the request body (`end`: the
+    /// last; it may be empty) and becomes what goes on to the next filter and the peer: a
+    /// filter may replace it, or take it (leaving it empty) to give it back with a later one.
+    /// `Err`: answer the client with this instead (the peer's exchange is cut).
+    fn request_body(
+        &self,
+        _chunk: &mut Bytes,
+        _end: bool,
+        _cx: &mut BodyCx<'_>,
+    ) -> Result<(), Answer> {
+        Ok(())
+    }
+
+    /// For [`Phases::RESPONSE_BODY`]: the same for the response body. `Err(reason)`: the
+    /// response is cut (its head has gone to the client already), the reason logged.
+    fn response_body(
+        &self,
+        _chunk: &mut Bytes,
+        _end: bool,
+        _cx: &mut BodyCx<'_>,
+    ) -> Result<(), String> {
+        Ok(())
+    }
+
     fn log(&self, _done: &Done<'_>) {}
 }
 
@@ -252,6 +292,8 @@ pub struct Chain {
     request: Box<[(Arc<dyn Filter>, bool)]>,
     upstream_request: Box<[Arc<dyn Filter>]>,
     response: Box<[Arc<dyn Filter>]>,
+    request_body: Box<[Arc<dyn Filter>]>,
+    response_body: Box<[Arc<dyn Filter>]>,
     /// Shared with tunnels, which log when they close; `None` when no filter logs.
     log: Option<Arc<[Arc<dyn Filter>]>>,
 }
@@ -277,6 +319,8 @@ impl Chain {
             request,
             upstream_request: with(Phases::UPSTREAM_REQUEST).collect(),
             response: with(Phases::RESPONSE).collect(),
+            request_body: with(Phases::REQUEST_BODY).collect(),
+            response_body: with(Phases::RESPONSE_BODY).collect(),
             log: (!log.is_empty()).then(|| log.into()),
         }
     }
@@ -289,6 +333,16 @@ impl Chain {
     /// Whether any filter acts on response heads.
     pub fn has_response(&self) -> bool {
         !self.response.is_empty()
+    }
+
+    /// Whether any filter acts on request bodies.
+    pub fn has_request_body(&self) -> bool {
+        !self.request_body.is_empty()
+    }
+
+    /// Whether any filter acts on response bodies.
+    pub fn has_response_body(&self) -> bool {
+        !self.response_body.is_empty()
     }
 
     /// Whether a filter of the request phase waits (then only [`Chain::request`] runs it).
@@ -328,6 +382,30 @@ impl Chain {
 
     pub fn response(&self, resp: &mut ResponseHeader, cx: &Exchange<'_>) {
         self.response.iter().for_each(|f| f.response(resp, cx));
+    }
+
+    /// The request body phase: `chunk` through each filter in turn.
+    pub fn request_body(
+        &self,
+        chunk: &mut Bytes,
+        end: bool,
+        cx: &mut BodyCx<'_>,
+    ) -> Result<(), Answer> {
+        self.request_body
+            .iter()
+            .try_for_each(|f| f.request_body(chunk, end, cx))
+    }
+
+    /// The response body phase: `chunk` through each filter in turn.
+    pub fn response_body(
+        &self,
+        chunk: &mut Bytes,
+        end: bool,
+        cx: &mut BodyCx<'_>,
+    ) -> Result<(), String> {
+        self.response_body
+            .iter()
+            .try_for_each(|f| f.response_body(chunk, end, cx))
     }
 
     /// The filters with a log phase (shared with tunnels, which log when they close); the

@@ -40,6 +40,8 @@ pub struct RequestCtx {
     pub(crate) ws_bytes_sent: u64,
     /// Request body bytes seen so far (for `max_body_size`).
     pub(crate) body_bytes: u64,
+    /// A request body filter's answer, sent by `fail_to_proxy`.
+    pub(crate) body_answer: Option<crate::filters::Answer>,
     /// Counts this upgrade against the route's `max_connections` for its client.
     pub(crate) connection_slot: Option<ConnectionSlot>,
     /// The canonical host and path every policy judges (set before routing).
@@ -69,6 +71,7 @@ impl RequestCtx {
             connected: None,
             ws_status: None,
             body_bytes: 0,
+            body_answer: None,
             ws_bytes_sent: 0,
             connection_slot: None,
             view: View::default(),

@@ -28,7 +28,7 @@ type Recorded = (Shared<Vec<(String, String)>>, Shared<String>);
 /// `/set-cookie` adds two Set-Cookie headers; `/status/NNN` answers NNN; `/slow/MS` answers
 /// after MS milliseconds; anything else 200.
 /// Every answer's body is JSON: origin name, method, path, headers (in order, repeats kept),
-/// body length.
+/// body length and the body (as text, lossy).
 pub struct HttpOrigin {
     pub addr: SocketAddr,
     pub name: String,
@@ -150,9 +150,10 @@ async fn serve_http<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
                 .find(|(n, _)| n.eq_ignore_ascii_case(k))
                 .map(|(_, v)| v.as_str())
         };
+        let mut received = Vec::new();
         let body_len =
             if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
-                read_chunked(&mut stream, &mut buf).await?
+                read_chunked(&mut stream, &mut buf, &mut received).await?
             } else {
                 let len: usize = header("content-length")
                     .and_then(|v| v.parse().ok())
@@ -165,7 +166,7 @@ async fn serve_http<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
                     }
                     buf.extend_from_slice(&chunk[..n]);
                 }
-                buf.drain(..len);
+                received.extend(buf.drain(..len));
                 len
             };
         let close = header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
@@ -190,6 +191,7 @@ async fn serve_http<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
             "path": path,
             "headers": headers,
             "body_len": body_len,
+            "body": String::from_utf8_lossy(&received),
         })
         .to_string();
         let response = format!(
@@ -211,6 +213,7 @@ async fn serve_http<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
 async fn read_chunked<S: tokio::io::AsyncRead + Unpin>(
     stream: &mut S,
     buf: &mut Vec<u8>,
+    received: &mut Vec<u8>,
 ) -> std::io::Result<usize> {
     let mut total = 0;
     loop {
@@ -237,6 +240,7 @@ async fn read_chunked<S: tokio::io::AsyncRead + Unpin>(
             }
             buf.extend_from_slice(&chunk[..n]);
         }
+        received.extend_from_slice(&buf[line_end + 2..line_end + 2 + size]);
         buf.drain(..need);
         total += size;
         if size == 0 {

@@ -83,7 +83,10 @@ async fn a_local_response_never_reaches_the_origin_and_a_guest_authorises_an_upg
     let logged = || proxy.logs().matches("stream logged").count();
     // Each of the three requests so far ends its stream (on_log) just after its answer is
     // sent: wait for the last one's line, else it could land after `before` is read.
-    eventually("on_log of the three answered requests", || async { logged() == 3 }).await;
+    eventually("on_log of the three answered requests", || async {
+        logged() == 3
+    })
+    .await;
     let before = logged();
     let (mut ws, resp) = ws_connect(proxy.addr, "/ws/", &[("X-Token", "t")])
         .await
@@ -339,4 +342,108 @@ async fn a_guest_gets_its_ticks() {
         seen.first().is_some_and(|n| n.as_str() >= "3")
     })
     .await;
+}
+
+/// `POST path` with `body` (Content-Length framing, `Connection: close`): written from its own
+/// task, errors ignored (a proxy that answers early may close before reading it all).
+async fn post(addr: std::net::SocketAddr, path: &str, body: Vec<u8>) -> Resp {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stream = connect(addr, None).await;
+    let (mut rd, mut wr) = stream.into_split();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: test.local\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let writer = tokio::spawn(async move {
+        let _ = wr.write_all(head.as_bytes()).await;
+        let _ = wr.write_all(&body).await;
+        wr
+    });
+    let mut out = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(10), rd.read_to_end(&mut out))
+        .await
+        .expect("response timed out")
+        .ok();
+    drop(writer.await);
+    parse_response(&out)
+        .unwrap_or_else(|| panic!("no HTTP response in {:?}", String::from_utf8_lossy(&out)))
+}
+
+/// Bodies: a guest that holds each body to its end (Pause) sees it whole and changes its
+/// size; the peer and the client get it re-framed (chunked), never a stale Content-Length. A
+/// request without a body gets no body callback. A malicious client's body past max_body
+/// while held is 413 and never reaches the peer; the guest's own refusal from the body (403)
+/// likewise.
+#[tokio::test]
+async fn a_guest_holds_and_rewrites_bodies_and_answers_from_the_request_body() {
+    let origin = HttpOrigin::start("o").await;
+    let guest = fixture("body.wat");
+    let proxy = Proxy::start(&format!(
+        "upstreams:\n  app: {{peers: ['{}']}}\nroutes:\n  - {{path_prefix: /, upstream: app, filters: [{}]}}\n",
+        origin.addr,
+        wasm(&guest, ", max_body: 64k"),
+    ))
+    .await;
+
+    let r = post(proxy.addr, "/p", b"hello".to_vec()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("content-length"), None);
+    assert_eq!(r.header("transfer-encoding"), Some("chunked"));
+    let text = r.text();
+    let json = text
+        .strip_prefix("wasm:")
+        .unwrap_or_else(|| panic!("{text}"));
+    let seen: serde_json::Value = serde_json::from_str(json).unwrap();
+    assert_eq!(seen["body"], "hello+wasm");
+    let sent = |name: &str| {
+        seen["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|h| h[0].as_str().unwrap().eq_ignore_ascii_case(name))
+            .map(|h| h[1].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(sent("transfer-encoding"), ["chunked"]);
+    assert!(sent("content-length").is_empty());
+
+    // No body: no body callback, the request goes as it came.
+    let r = get(proxy.addr, "/g", &[]).await;
+    let seen: serde_json::Value = serde_json::from_str(&r.text()[5..]).unwrap();
+    assert_eq!(
+        (seen["method"].as_str(), seen["body_len"].as_u64()),
+        (Some("GET"), Some(0))
+    );
+
+    // The guest's answer from the body: 403 with its body, and the peer never gets the request.
+    let hits = origin.hits();
+    let r = post(proxy.addr, "/p", b"Xevil".to_vec()).await;
+    assert_eq!((r.status, r.text().as_str()), (403, "blocked by wasm body"));
+    // A client sending more than max_body while the guest holds it: 413.
+    let r = post(proxy.addr, "/p", vec![b'a'; 100_000]).await;
+    assert_eq!(r.status, 413);
+    assert_eq!(origin.hits(), hits);
+    // Still serving.
+    assert_eq!(post(proxy.addr, "/p", b"ok".to_vec()).await.status, 200);
+}
+
+/// A guest that streams (Continue on each piece) changes bodies piece by piece without holding
+/// them: a body far past max_body goes through, rewritten.
+#[tokio::test]
+async fn a_streaming_guest_rewrites_each_piece_of_a_large_body() {
+    let origin = HttpOrigin::start("o").await;
+    let guest = fixture("body.wat");
+    let proxy = Proxy::start(&format!(
+        "upstreams:\n  app: {{peers: ['{}']}}\nroutes:\n  - {{path_prefix: /, upstream: app, filters: [{}]}}\n",
+        origin.addr,
+        wasm(&guest, ", max_body: 64k, configuration: s"),
+    ))
+    .await;
+    let r = post(proxy.addr, "/p", vec![b'a'; 300_000]).await;
+    assert_eq!(r.status, 200);
+    let text = r.text();
+    // The origin got 300,000 `b`s and echoed them; the guest turned the answer's `a`s to `b`s.
+    assert!(!text.contains('a'), "{}", &text[..200]);
+    assert!(text.matches('b').count() >= 300_000);
+    assert!(text.contains("\"body_len\":300000"), "{}", &text[..200]);
 }

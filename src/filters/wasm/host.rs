@@ -6,7 +6,7 @@
 //! copied into memory it allocates itself (`proxy_on_memory_allocate`, else `malloc`), as the
 //! ABI says. A bad pointer is `BadArgument`, never a crash.
 
-use super::stream::{Call, Edit, Stream};
+use super::stream::{Body, Call, Edit, Stream};
 use log::{debug, error, info, trace, warn};
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
@@ -27,6 +27,8 @@ const REQUEST_HEADERS: i32 = 0;
 const RESPONSE_HEADERS: i32 = 2;
 const HTTP_CALL_RESPONSE_HEADERS: i32 = 6;
 // Buffer types.
+const HTTP_REQUEST_BODY: i32 = 0;
+const HTTP_RESPONSE_BODY: i32 = 1;
 const HTTP_CALL_RESPONSE_BODY: i32 = 4;
 const VM_CONFIGURATION: i32 = 6;
 const PLUGIN_CONFIGURATION: i32 = 7;
@@ -45,6 +47,8 @@ pub struct PluginInfo {
     pub root_id: String,
     pub configuration: Vec<u8>,
     pub vm_configuration: Vec<u8>,
+    /// The most body bytes held for the guest (and the most it may make a body grow to).
+    pub max_body: usize,
 }
 
 /// A VM's state, reached from every host function through the store.
@@ -176,6 +180,26 @@ fn give(cx: &mut Cx<'_>, bytes: &[u8], ret_ptr: i32, ret_len: i32) -> R {
     Ok(if ok { OK } else { BAD_ARGUMENT })
 }
 
+/// `f` of the buffer `kind` as the running callback sees it; `None` when it has no such one.
+fn with_buffer<T>(host: &Host, kind: i32, f: impl FnOnce(&[u8]) -> T) -> Option<T> {
+    let stream = host.stream.as_ref();
+    let body = |which: Body| {
+        stream
+            .and_then(|s| s.body.as_ref())
+            .filter(|(k, _)| *k == which)
+            .map(|(_, b)| b.as_slice())
+    };
+    let buffer = match kind {
+        HTTP_REQUEST_BODY => body(Body::Request)?,
+        HTTP_RESPONSE_BODY => body(Body::Response)?,
+        HTTP_CALL_RESPONSE_BODY => stream?.call_response.as_ref()?.1.as_slice(),
+        VM_CONFIGURATION => &host.plugin.vm_configuration,
+        PLUGIN_CONFIGURATION => &host.plugin.configuration,
+        _ => return None,
+    };
+    Some(f(buffer))
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -299,47 +323,55 @@ pub fn link(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
         env,
         "proxy_get_buffer_bytes",
         |mut cx: Cx<'_>, kind: i32, start: i32, max: i32, ret_ptr: i32, ret_len: i32| -> R {
-            let plugin = Arc::clone(&cx.data().plugin);
-            let call_body;
-            let buffer = match kind {
-                PLUGIN_CONFIGURATION => &plugin.configuration,
-                VM_CONFIGURATION => &plugin.vm_configuration,
-                HTTP_CALL_RESPONSE_BODY => {
-                    let stream = cx.data().stream.as_ref();
-                    match stream.and_then(|s| s.call_response.as_ref()) {
-                        Some((_, body)) => {
-                            call_body = body.clone();
-                            &call_body
-                        }
-                        None => return Ok(NOT_FOUND),
-                    }
-                }
+            let part = with_buffer(cx.data(), kind, |buffer| {
+                let start = (start as u32 as usize).min(buffer.len());
+                let end = start.saturating_add(max as u32 as usize).min(buffer.len());
+                buffer[start..end].to_vec()
+            });
+            match part {
+                None => Ok(NOT_FOUND),
+                Some(part) if part.is_empty() => Ok(EMPTY),
+                Some(part) => give(&mut cx, &part, ret_ptr, ret_len),
+            }
+        },
+    )?;
+    linker.func_wrap(
+        env,
+        "proxy_set_buffer_bytes",
+        |mut cx: Cx<'_>, kind: i32, start: i32, size: i32, ptr: i32, len: i32| -> R {
+            let Some(data) = read(&mut cx, ptr, len) else {
+                return Ok(BAD_ARGUMENT);
+            };
+            let max_body = cx.data().plugin.max_body;
+            let which = match kind {
+                HTTP_REQUEST_BODY => Body::Request,
+                HTTP_RESPONSE_BODY => Body::Response,
                 _ => return Ok(NOT_FOUND),
             };
-            let start = (start as u32 as usize).min(buffer.len());
-            let end = start.saturating_add(max as u32 as usize).min(buffer.len());
-            if start == end {
-                return Ok(EMPTY);
+            let body = cx.data_mut().stream.as_mut().and_then(|s| s.body.as_mut());
+            let Some((_, body)) = body.filter(|(k, _)| *k == which) else {
+                return Ok(NOT_FOUND);
+            };
+            // Envoy's rule, generalised: bytes [start, start + size) are replaced by the data
+            // (start 0: the first `size` bytes; start at the end: appended).
+            let start = start as u32 as usize;
+            if start > body.len() {
+                return Ok(BAD_ARGUMENT);
             }
-            give(&mut cx, &buffer[start..end], ret_ptr, ret_len)
+            let end = start.saturating_add(size as u32 as usize).min(body.len());
+            if body.len() - (end - start) + data.len() > max_body {
+                return Ok(BAD_ARGUMENT);
+            }
+            body.splice(start..end, data);
+            Ok(OK)
         },
     )?;
     linker.func_wrap(
         env,
         "proxy_get_buffer_status",
         |mut cx: Cx<'_>, kind: i32, ret_len: i32, ret_flags: i32| -> R {
-            let plugin = Arc::clone(&cx.data().plugin);
-            let len = match kind {
-                PLUGIN_CONFIGURATION => plugin.configuration.len(),
-                VM_CONFIGURATION => plugin.vm_configuration.len(),
-                HTTP_CALL_RESPONSE_BODY => match cx.data().stream.as_ref() {
-                    Some(Stream {
-                        call_response: Some((_, body)),
-                        ..
-                    }) => body.len(),
-                    _ => return Ok(NOT_FOUND),
-                },
-                _ => return Ok(NOT_FOUND),
+            let Some(len) = with_buffer(cx.data(), kind, <[u8]>::len) else {
+                return Ok(NOT_FOUND);
             };
             let ok = write_u32(&mut cx, ret_len, len as u32) && write_u32(&mut cx, ret_flags, 0);
             Ok(if ok { OK } else { BAD_ARGUMENT })
@@ -594,11 +626,6 @@ fn unimplemented(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
         env,
         "proxy_set_property",
         |_: Cx<'_>, _: i32, _: i32, _: i32, _: i32| -> R { Ok(UNIMPLEMENTED) },
-    )?;
-    linker.func_wrap(
-        env,
-        "proxy_set_buffer_bytes",
-        |_: Cx<'_>, _: i32, _: i32, _: i32, _: i32, _: i32| -> R { Ok(UNIMPLEMENTED) },
     )?;
     linker.func_wrap(
         env,

@@ -11,18 +11,21 @@
 //!       on_error: deny                    # deny (500) | allow
 //!       max_memory: 16m
 //!       call_timeout: 10ms
+//!       max_body: 1m                      # the most of a body held for the guest
 //! ```
 //!
 //! The request phase runs `proxy_on_request_headers` (a local response ends the request there;
-//! header edits reach the peer), the response phase `proxy_on_response_headers`, and the end of
-//! the request `proxy_on_log`, `proxy_on_done` and `proxy_on_delete`. Routing and auth judged
+//! header edits reach the peer), the body phases `proxy_on_request_body` and
+//! `proxy_on_response_body` (a guest may hold a body back to see more, and rewrite it), the
+//! response phase `proxy_on_response_headers`, and the end of the request `proxy_on_log`,
+//! `proxy_on_done` and `proxy_on_delete`. Routing and auth judged
 //! the request before: a guest cannot change its path, host or framing.
 
 mod host;
 mod stream;
 mod vm;
 
-use super::{Answer, Build, Exchange, Filter, Flow, Phases, Request};
+use super::{Answer, BodyCx, Build, Exchange, Filter, Flow, Phases, Request};
 use crate::config::schema::{Duration as ConfigDuration, Size};
 use crate::metrics::METRICS;
 use async_trait::async_trait;
@@ -36,10 +39,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::thread::ThreadId;
 use std::time::{Duration, Instant};
-use stream::{Call, Edit, Props, Stream};
+use stream::{Body, Call, Edit, Props, Stream};
 use vm::{Failure, Plugin};
 
 const DEFAULT_MAX_MEMORY: u64 = 16 << 20;
+/// The most body bytes held for a guest (`max_body`'s default), as Envoy's default buffer
+/// limit.
+const DEFAULT_MAX_BODY: u64 = 1 << 20;
 const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_millis(10);
 /// An HTTP call's timeout when the guest gives none, and the longest it may give.
 const DEFAULT_CALL_TIMEOUT_HTTP: Duration = Duration::from_secs(5);
@@ -71,6 +77,10 @@ struct Settings {
     max_memory: Option<Size>,
     #[serde(default)]
     call_timeout: Option<ConfigDuration>,
+    /// The most of a body held for the guest (it returned Pause to see more), or that it may
+    /// make a body grow to.
+    #[serde(default)]
+    max_body: Option<Size>,
 }
 
 #[derive(Deserialize, Default, Clone, Copy, PartialEq, Eq, Debug)]
@@ -146,6 +156,7 @@ pub fn factory(settings: &serde_yaml::Value, build: &mut Build<'_>) -> Option<Ar
         root_id: s.root_id,
         configuration,
         vm_configuration,
+        max_body: s.max_body.map_or(DEFAULT_MAX_BODY, |m| m.0) as usize,
     };
     let plugin = match Plugin::new(&module, info, max_memory as usize, call_timeout) {
         Ok(p) => p,
@@ -186,6 +197,16 @@ struct Entry {
     thread: ThreadId,
     request_edits: Vec<Edit>,
     props: Mutex<Props>,
+    /// What the guest held back of each body so far.
+    held: Mutex<Held>,
+}
+
+/// Per body (request, response): what the guest held back (it returned Pause to see more),
+/// and whether any of it came (a message without a body gets no body callback, as in Envoy).
+#[derive(Default)]
+struct Held {
+    data: [Vec<u8>; 2],
+    seen: [bool; 2],
 }
 
 impl Drop for Entry {
@@ -337,6 +358,7 @@ impl Wasm {
             thread: std::thread::current().id(),
             request_edits: stream.request_edits,
             props: Mutex::new(stream.props),
+            held: Mutex::default(),
         });
         match req.ext.get_mut::<Entries>() {
             Some(entries) => entries.0.push(entry),
@@ -470,11 +492,19 @@ impl Filter for Wasm {
             true => Phases::REQUEST_ASYNC,
             false => Phases::REQUEST,
         };
-        let response = match self.plugin.response_headers {
-            true => Phases::RESPONSE,
-            false => Phases::default(),
-        };
-        request | Phases::UPSTREAM_REQUEST | response
+        let p = &self.plugin;
+        let mut phases = request | Phases::UPSTREAM_REQUEST;
+        // A guest that may resize the response body needs its framing changed in the head.
+        if p.response_headers || (p.response_body && p.sets_bodies) {
+            phases = phases | Phases::RESPONSE;
+        }
+        if p.request_body {
+            phases = phases | Phases::REQUEST_BODY;
+        }
+        if p.response_body {
+            phases = phases | Phases::RESPONSE_BODY;
+        }
+        phases
     }
 
     fn request(&self, req: &mut Request<'_>) -> Flow {
@@ -498,6 +528,11 @@ impl Filter for Wasm {
     fn upstream_request(&self, req: &mut RequestHeader, cx: &Exchange<'_>) {
         if let Some(entry) = Entries::of(cx.ext, &self.plugin) {
             stream::replay(&entry.request_edits, req);
+            // A body the guest may resize goes chunked (Pingora frames a body without a
+            // length so when the client's request has one).
+            if self.plugin.request_body && self.plugin.sets_bodies {
+                req.remove_header(&http::header::CONTENT_LENGTH);
+            }
         }
     }
 
@@ -505,6 +540,12 @@ impl Filter for Wasm {
         let Some(entry) = Entries::of(cx.ext, &self.plugin) else {
             return;
         };
+        if self.plugin.response_body && self.plugin.sets_bodies {
+            unframe(resp, cx.request);
+        }
+        if !self.plugin.response_headers {
+            return;
+        }
         let props = {
             let mut props = entry.props.lock().unwrap_or_else(|p| p.into_inner());
             props.response_code = Some(resp.status.as_u16());
@@ -524,6 +565,154 @@ impl Filter for Wasm {
             Err(e) => {
                 self.failed(cx.route, "on response headers", &e);
             }
+        }
+    }
+
+    fn request_body(
+        &self,
+        chunk: &mut Bytes,
+        end: bool,
+        cx: &mut BodyCx<'_>,
+    ) -> Result<(), Answer> {
+        match self.body(Body::Request, chunk, end, cx) {
+            Ok(()) => Ok(()),
+            Err(Stop::Answer(a)) => Err(a),
+            Err(Stop::TooLarge) => {
+                Err(Answer::new("body_too_large", 413, "request body too large\n").closing())
+            }
+            Err(Stop::Failed(e)) => match self.failed(cx.route, "on request body", &e) {
+                Flow::Respond(a) => Err(a),
+                Flow::Continue => Ok(()),
+            },
+        }
+    }
+
+    fn response_body(
+        &self,
+        chunk: &mut Bytes,
+        end: bool,
+        cx: &mut BodyCx<'_>,
+    ) -> Result<(), String> {
+        match self.body(Body::Response, chunk, end, cx) {
+            Ok(()) => Ok(()),
+            Err(Stop::TooLarge) => Err(format!(
+                "wasm {}: more than max_body held",
+                self.plugin.info.name
+            )),
+            Err(Stop::Answer(_)) => {
+                let e = Failure::BadReturn("a local response after the response began".into());
+                self.body_failed(cx.route, &e)
+            }
+            Err(Stop::Failed(e)) => self.body_failed(cx.route, &e),
+        }
+    }
+}
+
+/// Why a body callback stopped the body.
+enum Stop {
+    /// The guest answered the request itself.
+    Answer(Answer),
+    /// It held back more than `max_body`.
+    TooLarge,
+    Failed(Failure),
+}
+
+/// A response whose body may change size loses its `Content-Length`: chunked to an HTTP/1.1
+/// client (to HTTP/2 the length is simply absent; to HTTP/1.0 the end is the close).
+fn unframe(resp: &mut ResponseHeader, req: &RequestHeader) {
+    let bodiless = req.method == http::Method::HEAD
+        || resp.status.is_informational()
+        || matches!(resp.status.as_u16(), 204 | 304);
+    if bodiless || resp.remove_header(&http::header::CONTENT_LENGTH).is_none() {
+        return;
+    }
+    if req.version == http::Version::HTTP_11 {
+        let _ = resp.insert_header(http::header::TRANSFER_ENCODING, "chunked");
+    }
+}
+
+impl Wasm {
+    /// A body callback over what the guest held back and `chunk`: `chunk` becomes what goes
+    /// on (empty while the guest holds it back).
+    fn body(
+        &self,
+        which: Body,
+        chunk: &mut Bytes,
+        end: bool,
+        cx: &mut BodyCx<'_>,
+    ) -> Result<(), Stop> {
+        let Some(entry) = Entries::of(cx.ext, &self.plugin) else {
+            return Ok(());
+        };
+        if chunk.is_empty() && !end {
+            return Ok(());
+        }
+        let mut state = entry.held.lock().unwrap_or_else(|p| p.into_inner());
+        let i = which as usize;
+        let first = !std::mem::replace(&mut state.seen[i], true);
+        if chunk.is_empty() && first {
+            return Ok(());
+        }
+        let held = &mut state.data[i];
+        let mut data = std::mem::take(held);
+        data.extend_from_slice(chunk);
+        if data.len() > self.plugin.info.max_body {
+            return Err(Stop::TooLarge);
+        }
+        // `on_error: allow` passes on what the guest was given, so keep it until it returns.
+        let given = (self.on_error == OnError::Allow).then(|| data.clone());
+        let props = entry
+            .props
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let mut slot = Some(Stream {
+            body: Some((which, data)),
+            ..Stream::bare(props)
+        });
+        let ran = self
+            .plugin
+            .with_vm(|vm, d| vm.body(d, entry.ctx, slot.take().expect("once"), end));
+        let (stream, more) = match ran {
+            Ok(Some(done)) => done,
+            Ok(None) => (slot.take().expect("not taken"), false),
+            Err(e) => {
+                if let Some(given) = given {
+                    *chunk = Bytes::from(given);
+                }
+                return Err(Stop::Failed(e));
+            }
+        };
+        if !stream.calls.is_empty() {
+            if let Some(given) = given {
+                *chunk = Bytes::from(given);
+            }
+            let e = Failure::BadReturn("proxy_http_call from a body callback".into());
+            return Err(Stop::Failed(e));
+        }
+        if let Some((status, headers, body)) = stream.local {
+            return match answer(status, headers, body) {
+                Some(a) => Err(Stop::Answer(a)),
+                None => Err(Stop::Failed(Failure::BadReturn(format!(
+                    "a local response with status {status}"
+                )))),
+            };
+        }
+        let data = stream.body.map(|(_, d)| d).unwrap_or_default();
+        if more && !end {
+            *held = data;
+            *chunk = Bytes::new();
+        } else {
+            *chunk = Bytes::from(data);
+        }
+        Ok(())
+    }
+
+    /// A response body's failure: counted and logged; `deny` cuts the response.
+    fn body_failed(&self, route: &str, e: &Failure) -> Result<(), String> {
+        match self.failed(route, "on response body", e) {
+            Flow::Continue => Ok(()),
+            Flow::Respond(_) => Err(format!("wasm {}: {e}", self.plugin.info.name)),
         }
     }
 }

@@ -46,6 +46,16 @@ pub struct Stream {
     /// The answer to the call whose `proxy_on_http_call_response` runs now: its headers
     /// (`:status` first; none when the call failed) and body.
     pub call_response: Option<(Headers, Vec<u8>)>,
+    /// The body the running body callback sees (what it held back before, then this piece),
+    /// which it may change (`proxy_set_buffer_bytes`).
+    pub body: Option<(Body, Vec<u8>)>,
+}
+
+/// Which body a body callback sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Body {
+    Request,
+    Response,
 }
 
 /// An HTTP call a guest asked for: to an upstream group of the file, by name.
@@ -114,6 +124,7 @@ impl Stream {
             local: None,
             calls: Vec::new(),
             call_response: None,
+            body: None,
         }
     }
 

@@ -4,7 +4,7 @@
 //! memory over `max_memory` is thrown away; the next call on that thread gets a fresh one.
 
 use super::host::{self, Host, PluginInfo};
-use super::stream::Stream;
+use super::stream::{Body, Stream};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -110,6 +110,12 @@ pub struct Plugin {
     pub calls: bool,
     /// The module exports `proxy_on_response_headers` (else the filter skips the response phase).
     pub response_headers: bool,
+    /// The module exports `proxy_on_request_body` / `proxy_on_response_body`.
+    pub request_body: bool,
+    pub response_body: bool,
+    /// The module imports `proxy_set_buffer_bytes`: it may resize a body (which then goes
+    /// chunked: its `Content-Length` cannot be known in advance).
+    pub sets_bodies: bool,
     pre: InstancePre<Host>,
     max_memory: usize,
     deadline_ticks: u64,
@@ -140,6 +146,16 @@ const CALLBACKS: &[(&str, &[ValType], &[ValType])] = &[
     ),
     (
         "proxy_on_response_headers",
+        &[ValType::I32, ValType::I32, ValType::I32],
+        &[ValType::I32],
+    ),
+    (
+        "proxy_on_request_body",
+        &[ValType::I32, ValType::I32, ValType::I32],
+        &[ValType::I32],
+    ),
+    (
+        "proxy_on_response_body",
         &[ValType::I32, ValType::I32, ValType::I32],
         &[ValType::I32],
     ),
@@ -246,6 +262,11 @@ impl Plugin {
                 .imports()
                 .any(|i| i.module() == "env" && i.name() == "proxy_http_call"),
             response_headers: exports.contains_key("proxy_on_response_headers"),
+            request_body: exports.contains_key("proxy_on_request_body"),
+            response_body: exports.contains_key("proxy_on_response_body"),
+            sets_bodies: module
+                .imports()
+                .any(|i| i.module() == "env" && i.name() == "proxy_set_buffer_bytes"),
             pre,
             max_memory,
             deadline_ticks: (call_timeout.as_micros() / TICK.as_micros()).max(1) as u64 + 1,
@@ -266,6 +287,8 @@ pub struct Vm {
     context_create: TypedFunc<(i32, i32), ()>,
     request_headers: Option<TypedFunc<(i32, i32, i32), i32>>,
     response_headers: Option<TypedFunc<(i32, i32, i32), i32>>,
+    request_body: Option<TypedFunc<(i32, i32, i32), i32>>,
+    response_body: Option<TypedFunc<(i32, i32, i32), i32>>,
     call_response: Option<CallResponse>,
     on_tick: Option<TypedFunc<i32, ()>>,
     on_log: Option<TypedFunc<i32, ()>>,
@@ -319,6 +342,8 @@ impl Vm {
         let mut vm = Vm {
             request_headers: func!("proxy_on_request_headers"),
             response_headers: func!("proxy_on_response_headers"),
+            request_body: func!("proxy_on_request_body"),
+            response_body: func!("proxy_on_response_body"),
             call_response: func!("proxy_on_http_call_response"),
             on_tick: func!("proxy_on_tick"),
             on_log: func!("proxy_on_log"),
@@ -456,6 +481,39 @@ impl Vm {
         let stream = self.store.data_mut().stream.take();
         check_action(action?, "proxy_on_response_headers")?;
         Ok(stream)
+    }
+
+    /// `proxy_on_request_body` or `proxy_on_response_body` (as `stream.body` says) for a context
+    /// of this VM: the stream as the guest left it and whether it asked to see more first
+    /// (it returned Pause: `StopIterationAndBuffer`). A VM that does not know the context
+    /// (see [`Vm::response`]) gives the stream back untouched.
+    pub fn body(
+        &mut self,
+        deadline: u64,
+        ctx: i32,
+        stream: Stream,
+        end: bool,
+    ) -> Result<(Stream, bool), Failure> {
+        let Some((which, data)) = &stream.body else {
+            return Ok((stream, false));
+        };
+        let (f, callback) = match which {
+            Body::Request => (&self.request_body, "proxy_on_request_body"),
+            Body::Response => (&self.response_body, "proxy_on_response_body"),
+        };
+        let Some(f) = f.clone().filter(|_| self.open.contains(&ctx)) else {
+            return Ok((stream, false));
+        };
+        let size = data.len() as i32;
+        self.store.data_mut().stream = Some(stream);
+        let action = self.call(deadline, |vm| {
+            f.call(&mut vm.store, (ctx, size, end as i32))
+        });
+        let stream = self.store.data_mut().stream.take();
+        let action = action?;
+        check_action(action, callback)?;
+        let stream = stream.ok_or_else(|| Failure::BadReturn("stream lost".into()))?;
+        Ok((stream, action == 1))
     }
 
     /// The end of a stream: `proxy_on_log`, `proxy_on_done`, `proxy_on_delete`.
