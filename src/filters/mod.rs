@@ -16,8 +16,8 @@
 //! - `response`: edits the response head the client gets (portico's own answers included,
 //!   WebSocket 101s excepted: those pass byte for byte).
 //! - `request_body`: each piece of the request body on its way to the peer, which it may
-//!   change or hold back (to see more of it first). A body a filter may resize goes chunked
-//!   (the filter drops `Content-Length` in its `upstream_request` phase).
+//!   change or hold back (to see more of it first). A filter that resizes a body drops its
+//!   `Content-Length` in the `upstream_request` (or `response`) phase: it then goes chunked.
 //! - `response_body`: the same for the response body on its way to the client (a route with
 //!   such a filter never takes portico's own loop).
 //! - `log`: observes the finished request (for a WebSocket, when it closes).

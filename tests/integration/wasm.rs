@@ -369,9 +369,9 @@ async fn post(addr: std::net::SocketAddr, path: &str, body: Vec<u8>) -> Resp {
         .unwrap_or_else(|| panic!("no HTTP response in {:?}", String::from_utf8_lossy(&out)))
 }
 
-/// Bodies: a guest that holds each body to its end (Pause) sees it whole and changes its
-/// size; the peer and the client get it re-framed (chunked), never a stale Content-Length. A
-/// request without a body gets no body callback. A malicious client's body past max_body
+/// Bodies: a guest that holds each body to its end (Pause) sees it whole and, having removed
+/// Content-Length (as in Envoy), changes its size; the peer and the client get it re-framed
+/// (chunked), never a stale Content-Length. A request without a body gets no body callback. A malicious client's body past max_body
 /// while held is 413 and never reaches the peer; the guest's own refusal from the body (403)
 /// likewise.
 #[tokio::test]
@@ -389,6 +389,7 @@ async fn a_guest_holds_and_rewrites_bodies_and_answers_from_the_request_body() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("content-length"), None);
     assert_eq!(r.header("transfer-encoding"), Some("chunked"));
+    assert_eq!(r.header("x-set-buffer"), Some("0"));
     let text = r.text();
     let json = text
         .strip_prefix("wasm:")
@@ -428,7 +429,8 @@ async fn a_guest_holds_and_rewrites_bodies_and_answers_from_the_request_body() {
 }
 
 /// A guest that streams (Continue on each piece) changes bodies piece by piece without holding
-/// them: a body far past max_body goes through, rewritten.
+/// them: a body far past max_body goes through, rewritten. It kept Content-Length, so it may
+/// not resize: its attempt to append is refused (BadArgument) and the framing stays exact.
 #[tokio::test]
 async fn a_streaming_guest_rewrites_each_piece_of_a_large_body() {
     let origin = HttpOrigin::start("o").await;
@@ -446,4 +448,16 @@ async fn a_streaming_guest_rewrites_each_piece_of_a_large_body() {
     assert!(!text.contains('a'), "{}", &text[..200]);
     assert!(text.matches('b').count() >= 300_000);
     assert!(text.contains("\"body_len\":300000"), "{}", &text[..200]);
+    let seen = text.to_ascii_lowercase();
+    assert!(
+        seen.contains("[\"content-length\",\"300000\"]"),
+        "{}",
+        &text[..300]
+    );
+    assert!(!seen.contains("transfer-encoding"));
+    assert_eq!(
+        r.header("content-length"),
+        Some(text.len().to_string().as_str())
+    );
+    assert_eq!(r.header("x-set-buffer"), Some("2"));
 }

@@ -343,6 +343,7 @@ pub fn link(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
                 return Ok(BAD_ARGUMENT);
             };
             let max_body = cx.data().plugin.max_body;
+            let fixed = cx.data().stream.as_ref().is_some_and(|s| s.body_fixed);
             let which = match kind {
                 HTTP_REQUEST_BODY => Body::Request,
                 HTTP_RESPONSE_BODY => Body::Response,
@@ -359,7 +360,10 @@ pub fn link(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
                 return Ok(BAD_ARGUMENT);
             }
             let end = start.saturating_add(size as u32 as usize).min(body.len());
-            if body.len() - (end - start) + data.len() > max_body {
+            // A body whose Content-Length stays keeps its size; none grows past max_body.
+            if (fixed && data.len() != end - start)
+                || body.len() - (end - start) + data.len() > max_body
+            {
                 return Ok(BAD_ARGUMENT);
             }
             body.splice(start..end, data);

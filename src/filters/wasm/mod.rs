@@ -202,11 +202,13 @@ struct Entry {
 }
 
 /// Per body (request, response): what the guest held back (it returned Pause to see more),
-/// and whether any of it came (a message without a body gets no body callback, as in Envoy).
+/// whether any of it came (a message without a body gets no body callback, as in Envoy), and
+/// whether its length is fixed (its Content-Length stays: the guest did not remove it).
 #[derive(Default)]
 struct Held {
     data: [Vec<u8>; 2],
     seen: [bool; 2],
+    fixed: [bool; 2],
 }
 
 impl Drop for Entry {
@@ -352,13 +354,17 @@ impl Wasm {
     /// Keeps the stream's context for the later phases, and answers with the guest's local
     /// response if it gave one.
     fn settle(&self, req: &mut Request<'_>, ctx: i32, stream: Stream) -> Flow {
+        let fixed = stream.request.iter().any(|(k, _)| k == "content-length");
         let entry = Arc::new(Entry {
             plugin: Arc::clone(&self.plugin),
             ctx,
             thread: std::thread::current().id(),
             request_edits: stream.request_edits,
             props: Mutex::new(stream.props),
-            held: Mutex::default(),
+            held: Mutex::new(Held {
+                fixed: [fixed, false],
+                ..Held::default()
+            }),
         });
         match req.ext.get_mut::<Entries>() {
             Some(entries) => entries.0.push(entry),
@@ -494,8 +500,7 @@ impl Filter for Wasm {
         };
         let p = &self.plugin;
         let mut phases = request | Phases::UPSTREAM_REQUEST;
-        // A guest that may resize the response body needs its framing changed in the head.
-        if p.response_headers || (p.response_body && p.sets_bodies) {
+        if p.response_headers || p.response_body {
             phases = phases | Phases::RESPONSE;
         }
         if p.request_body {
@@ -527,12 +532,8 @@ impl Filter for Wasm {
 
     fn upstream_request(&self, req: &mut RequestHeader, cx: &Exchange<'_>) {
         if let Some(entry) = Entries::of(cx.ext, &self.plugin) {
+            // A Content-Length the guest removed: Pingora frames the body chunked.
             stream::replay(&entry.request_edits, req);
-            // A body the guest may resize goes chunked (Pingora frames a body without a
-            // length so when the client's request has one).
-            if self.plugin.request_body && self.plugin.sets_bodies {
-                req.remove_header(&http::header::CONTENT_LENGTH);
-            }
         }
     }
 
@@ -540,31 +541,13 @@ impl Filter for Wasm {
         let Some(entry) = Entries::of(cx.ext, &self.plugin) else {
             return;
         };
-        if self.plugin.response_body && self.plugin.sets_bodies {
-            unframe(resp, cx.request);
+        if self.plugin.response_headers {
+            self.response_headers(entry, resp, cx);
         }
-        if !self.plugin.response_headers {
-            return;
-        }
-        let props = {
-            let mut props = entry.props.lock().unwrap_or_else(|p| p.into_inner());
-            props.response_code = Some(resp.status.as_u16());
-            props.clone()
-        };
-        let stream = Stream {
-            response: Some(Stream::response_from(resp)),
-            ..Stream::bare(props)
-        };
-        match self
-            .plugin
-            .with_vm(|vm, d| vm.response(d, entry.ctx, stream))
-        {
-            Ok(Some(Some(stream))) => stream::replay(&stream.response_edits, resp),
-            Ok(_) => {}
-            // The response is on its way: a failure here leaves it as it is.
-            Err(e) => {
-                self.failed(cx.route, "on response headers", &e);
-            }
+        if self.plugin.response_body {
+            // What the guest left of the length, for its body callbacks.
+            let fixed = resp.headers.contains_key(http::header::CONTENT_LENGTH);
+            entry.held.lock().unwrap_or_else(|p| p.into_inner()).fixed[1] = fixed;
         }
     }
 
@@ -617,16 +600,13 @@ enum Stop {
     Failed(Failure),
 }
 
-/// A response whose body may change size loses its `Content-Length`: chunked to an HTTP/1.1
-/// client (to HTTP/2 the length is simply absent; to HTTP/1.0 the end is the close).
-fn unframe(resp: &mut ResponseHeader, req: &RequestHeader) {
+/// A response whose `Content-Length` the guest removed (to change the body's size) goes
+/// chunked to an HTTP/1.1 client (to HTTP/2 without a length; to HTTP/1.0 up to the close).
+fn frame_chunked(resp: &mut ResponseHeader, req: &RequestHeader) {
     let bodiless = req.method == http::Method::HEAD
         || resp.status.is_informational()
         || matches!(resp.status.as_u16(), 204 | 304);
-    if bodiless || resp.remove_header(&http::header::CONTENT_LENGTH).is_none() {
-        return;
-    }
-    if req.version == http::Version::HTTP_11 {
+    if !bodiless && req.version == http::Version::HTTP_11 {
         let _ = resp.insert_header(http::header::TRANSFER_ENCODING, "chunked");
     }
 }
@@ -653,6 +633,7 @@ impl Wasm {
         if chunk.is_empty() && first {
             return Ok(());
         }
+        let fixed = state.fixed[i];
         let held = &mut state.data[i];
         let mut data = std::mem::take(held);
         data.extend_from_slice(chunk);
@@ -668,6 +649,7 @@ impl Wasm {
             .clone();
         let mut slot = Some(Stream {
             body: Some((which, data)),
+            body_fixed: fixed,
             ..Stream::bare(props)
         });
         let ran = self
@@ -713,6 +695,38 @@ impl Wasm {
         match self.failed(route, "on response body", e) {
             Flow::Continue => Ok(()),
             Flow::Respond(_) => Err(format!("wasm {}: {e}", self.plugin.info.name)),
+        }
+    }
+}
+
+impl Wasm {
+    /// `proxy_on_response_headers`, its edits replayed on `resp`.
+    fn response_headers(&self, entry: &Entry, resp: &mut ResponseHeader, cx: &Exchange<'_>) {
+        let props = {
+            let mut props = entry.props.lock().unwrap_or_else(|p| p.into_inner());
+            props.response_code = Some(resp.status.as_u16());
+            props.clone()
+        };
+        let stream = Stream {
+            response: Some(Stream::response_from(resp)),
+            ..Stream::bare(props)
+        };
+        match self
+            .plugin
+            .with_vm(|vm, d| vm.response(d, entry.ctx, stream))
+        {
+            Ok(Some(Some(stream))) => {
+                let had_length = resp.headers.contains_key(http::header::CONTENT_LENGTH);
+                stream::replay(&stream.response_edits, resp);
+                if had_length && !resp.headers.contains_key(http::header::CONTENT_LENGTH) {
+                    frame_chunked(resp, cx.request);
+                }
+            }
+            Ok(_) => {}
+            // The response is on its way: a failure here leaves it as it is.
+            Err(e) => {
+                self.failed(cx.route, "on response headers", &e);
+            }
         }
     }
 }

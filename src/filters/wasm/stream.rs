@@ -1,9 +1,11 @@
 //! One request as a Wasm filter sees it: its headers (a copy the guest reads and edits), the
 //! edits to replay on the real heads, its properties, a local response the guest asked for.
 //!
-//! The guest cannot change what routing and auth judged, nor how the body is framed: edits to
+//! The guest cannot change what routing and auth judged, nor frame a body itself: edits to
 //! pseudo-headers (`:path`, `:authority`, ...), `host`, `content-length` and
-//! `transfer-encoding` are refused (`BadArgument`).
+//! `transfer-encoding` are refused (`BadArgument`), except removing `content-length`, which
+//! a guest does (as in Envoy) before it changes a body's size: portico then frames that body
+//! itself (chunked).
 
 use pingora::http::{RequestHeader, ResponseHeader};
 
@@ -49,6 +51,9 @@ pub struct Stream {
     /// The body the running body callback sees (what it held back before, then this piece),
     /// which it may change (`proxy_set_buffer_bytes`).
     pub body: Option<(Body, Vec<u8>)>,
+    /// That body's length is fixed (its `Content-Length` stays): the guest may rewrite it
+    /// but not resize it.
+    pub body_fixed: bool,
 }
 
 /// Which body a body callback sees.
@@ -82,7 +87,7 @@ fn valid_value(v: &[u8]) -> bool {
 fn apply(headers: &mut Headers, e: &Edit) -> bool {
     match e {
         Edit::Add(k, v) | Edit::Replace(k, v) if protected(k) || !valid_value(v) => false,
-        Edit::Remove(k) if protected(k) => false,
+        Edit::Remove(k) if protected(k) && k != "content-length" => false,
         Edit::SetAll(pairs)
             if pairs
                 .iter()
@@ -125,6 +130,7 @@ impl Stream {
             calls: Vec::new(),
             call_response: None,
             body: None,
+            body_fixed: false,
         }
     }
 

@@ -113,9 +113,6 @@ pub struct Plugin {
     /// The module exports `proxy_on_request_body` / `proxy_on_response_body`.
     pub request_body: bool,
     pub response_body: bool,
-    /// The module imports `proxy_set_buffer_bytes`: it may resize a body (which then goes
-    /// chunked: its `Content-Length` cannot be known in advance).
-    pub sets_bodies: bool,
     pre: InstancePre<Host>,
     max_memory: usize,
     deadline_ticks: u64,
@@ -264,9 +261,6 @@ impl Plugin {
             response_headers: exports.contains_key("proxy_on_response_headers"),
             request_body: exports.contains_key("proxy_on_request_body"),
             response_body: exports.contains_key("proxy_on_response_body"),
-            sets_bodies: module
-                .imports()
-                .any(|i| i.module() == "env" && i.name() == "proxy_set_buffer_bytes"),
             pre,
             max_memory,
             deadline_ticks: (call_timeout.as_micros() / TICK.as_micros()).max(1) as u64 + 1,
