@@ -185,7 +185,9 @@ async fn a_reload_swaps_the_module_under_load_with_no_failed_request() {
     let body = format!(
         "upstreams:\n  app: {{peers: ['{}']}}\nroutes:\n  - {{path_prefix: /, upstream: app, filters: [{}]}}\n",
         origin.addr,
-        wasm(&module, "")
+        // call_timeout is wall-clock time: on a loaded CI machine a callback preempted for
+        // 10 ms would fail (on_error), which is not what this test is about.
+        wasm(&module, ", call_timeout: 1s")
     );
     let proxy = Proxy::start(&body).await;
     assert_eq!(
@@ -408,8 +410,10 @@ async fn a_guest_holds_and_rewrites_bodies_and_answers_from_the_request_body() {
     assert_eq!(sent("transfer-encoding"), ["chunked"]);
     assert!(sent("content-length").is_empty());
 
-    // No body: no body callback, the request goes as it came.
-    let r = get(proxy.addr, "/g", &[]).await;
+    // No body: no body callback, the request goes as it came. The response callback reads
+    // the request's headers.
+    let r = get(proxy.addr, "/g", &[("X-Echo", "hi")]).await;
+    assert_eq!(r.header("x-echo"), Some("hi"));
     let seen: serde_json::Value = serde_json::from_str(&r.text()[5..]).unwrap();
     assert_eq!(
         (seen["method"].as_str(), seen["body_len"].as_u64()),

@@ -6,7 +6,7 @@
 //! copied into memory it allocates itself (`proxy_on_memory_allocate`, else `malloc`), as the
 //! ABI says. A bad pointer is `BadArgument`, never a crash.
 
-use super::stream::{Body, Call, Edit, Stream};
+use super::stream::{Body, Call, Edit, Map, Stream};
 use log::{debug, error, info, trace, warn};
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
@@ -206,8 +206,8 @@ fn text(bytes: &[u8]) -> String {
 
 /// Proxy-Wasm's header map encoding: count, then each key and value length, then each key
 /// and value followed by a NUL.
-pub fn encode_pairs(pairs: &[(String, Vec<u8>)]) -> Vec<u8> {
-    let mut out = Vec::new();
+pub fn encode_pairs(pairs: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(encoded_len(pairs));
     out.extend((pairs.len() as u32).to_le_bytes());
     for (k, v) in pairs {
         out.extend((k.len() as u32).to_le_bytes());
@@ -216,10 +216,19 @@ pub fn encode_pairs(pairs: &[(String, Vec<u8>)]) -> Vec<u8> {
     for (k, v) in pairs {
         out.extend(k.as_bytes());
         out.push(0);
-        out.extend(v);
+        out.extend(*v);
         out.push(0);
     }
     out
+}
+
+/// The size of [`encode_pairs`]'s encoding: the count, then per pair two lengths and the key
+/// and value, each followed by a NUL.
+fn encoded_len(pairs: &[(&str, &[u8])]) -> usize {
+    4 + pairs
+        .iter()
+        .map(|(k, v)| 8 + k.len() + v.len() + 2)
+        .sum::<usize>()
 }
 
 pub fn decode_pairs(data: &[u8]) -> Option<Vec<(String, Vec<u8>)>> {
@@ -385,17 +394,17 @@ pub fn link(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
         env,
         "proxy_get_header_map_pairs",
         |mut cx: Cx<'_>, map: i32, ret_ptr: i32, ret_len: i32| -> R {
-            let Some(pairs) = with_map(&mut cx, map, |h| h.to_vec()) else {
+            let Some(encoded) = with_map(&mut cx, map, encode_pairs) else {
                 return Ok(NOT_FOUND);
             };
-            give(&mut cx, &encode_pairs(&pairs), ret_ptr, ret_len)
+            give(&mut cx, &encoded, ret_ptr, ret_len)
         },
     )?;
     linker.func_wrap(
         env,
         "proxy_get_header_map_size",
         |mut cx: Cx<'_>, map: i32, ret: i32| -> R {
-            let Some(size) = with_map(&mut cx, map, |h| encode_pairs(h).len()) else {
+            let Some(size) = with_map(&mut cx, map, encoded_len) else {
                 return Ok(NOT_FOUND);
             };
             Ok(if write_u32(&mut cx, ret, size as u32) {
@@ -418,7 +427,7 @@ pub fn link(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
                 let values: Vec<&[u8]> = h
                     .iter()
                     .filter(|(k, _)| *k == key)
-                    .map(|(_, v)| v.as_slice())
+                    .map(|(_, v)| *v)
                     .collect();
                 (!values.is_empty()).then(|| values.join(&b","[..]))
             });
@@ -822,14 +831,15 @@ fn monotonic_ns() -> u64 {
 }
 
 /// `f` over the header map `map` of the current stream; `None` when there is none.
-fn with_map<T>(cx: &mut Cx<'_>, map: i32, f: impl FnOnce(&[(String, Vec<u8>)]) -> T) -> Option<T> {
+fn with_map<T>(cx: &mut Cx<'_>, map: i32, f: impl FnOnce(&[(&str, &[u8])]) -> T) -> Option<T> {
     let stream = cx.data().stream.as_ref()?;
-    match map {
-        REQUEST_HEADERS => Some(f(&stream.request)),
-        RESPONSE_HEADERS => stream.response.as_deref().map(f),
-        HTTP_CALL_RESPONSE_HEADERS => stream.call_response.as_ref().map(|(h, _)| f(h)),
-        _ => None,
-    }
+    let map = match map {
+        REQUEST_HEADERS => Map::Request,
+        RESPONSE_HEADERS => Map::Response,
+        HTTP_CALL_RESPONSE_HEADERS => Map::CallResponse,
+        _ => return None,
+    };
+    stream.pairs(map).map(|pairs| f(&pairs))
 }
 
 fn edit(cx: &mut Cx<'_>, map: i32, e: Edit) -> i32 {
@@ -837,7 +847,7 @@ fn edit(cx: &mut Cx<'_>, map: i32, e: Edit) -> i32 {
         return NOT_FOUND;
     };
     let result = match map {
-        REQUEST_HEADERS if stream.response.is_none() => stream.edit_request(e),
+        REQUEST_HEADERS if stream.request_open => stream.edit_request(e),
         RESPONSE_HEADERS if stream.response.is_some() => stream.edit_response(e),
         // A map that cannot change now (request headers after they were sent).
         REQUEST_HEADERS | RESPONSE_HEADERS => return BAD_ARGUMENT,

@@ -196,6 +196,8 @@ struct Entry {
     ctx: i32,
     thread: ThreadId,
     request_edits: Vec<Edit>,
+    /// The request's fields as the guest left them, for its later callbacks to read.
+    request: Arc<stream::Fields>,
     props: Mutex<Props>,
     /// What the guest held back of each body so far.
     held: Mutex<Held>,
@@ -218,7 +220,10 @@ impl Drop for Entry {
             return;
         }
         let props = std::mem::take(&mut *self.props.lock().unwrap_or_else(|p| p.into_inner()));
-        let stream = Stream::bare(props);
+        let stream = Stream {
+            request: Arc::clone(&self.request),
+            ..Stream::bare(props)
+        };
         let ctx = self.ctx;
         if let Err(e) = self
             .plugin
@@ -354,12 +359,16 @@ impl Wasm {
     /// Keeps the stream's context for the later phases, and answers with the guest's local
     /// response if it gave one.
     fn settle(&self, req: &mut Request<'_>, ctx: i32, stream: Stream) -> Flow {
-        let fixed = stream.request.iter().any(|(k, _)| k == "content-length");
+        let fixed = stream
+            .request
+            .iter()
+            .any(|(k, _)| k == http::header::CONTENT_LENGTH);
         let entry = Arc::new(Entry {
             plugin: Arc::clone(&self.plugin),
             ctx,
             thread: std::thread::current().id(),
             request_edits: stream.request_edits,
+            request: stream.request,
             props: Mutex::new(stream.props),
             held: Mutex::new(Held {
                 fixed: [fixed, false],
@@ -650,6 +659,7 @@ impl Wasm {
         let mut slot = Some(Stream {
             body: Some((which, data)),
             body_fixed: fixed,
+            request: Arc::clone(&entry.request),
             ..Stream::bare(props)
         });
         let ran = self
@@ -709,6 +719,7 @@ impl Wasm {
         };
         let stream = Stream {
             response: Some(Stream::response_from(resp)),
+            request: Arc::clone(&entry.request),
             ..Stream::bare(props)
         };
         match self

@@ -7,9 +7,29 @@
 //! a guest does (as in Envoy) before it changes a body's size: portico then frames that body
 //! itself (chunked).
 
+use http::{HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
+use std::sync::Arc;
 
+/// Header pairs as the guest gives them (a local response's, an HTTP call's).
 pub type Headers = Vec<(String, Vec<u8>)>;
+
+/// A head's fields as the guest sees and edits them: copied from the head by reference
+/// counts, not bytes (the pseudo-headers come from the request's properties and `status`).
+pub type Fields = Vec<(HeaderName, HeaderValue)>;
+
+/// Fields as the guest reads them.
+fn fields(f: &[(HeaderName, HeaderValue)]) -> impl Iterator<Item = (&str, &[u8])> {
+    f.iter().map(|(k, v)| (k.as_str(), v.as_bytes()))
+}
+
+/// A header map of the ABI.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Map {
+    Request,
+    Response,
+    CallResponse,
+}
 
 #[derive(Debug, Clone)]
 pub enum Edit {
@@ -35,9 +55,12 @@ pub struct Props {
 }
 
 pub struct Stream {
-    pub request: Headers,
-    /// Set while the response callback runs.
-    pub response: Option<Headers>,
+    /// The request's fields (after the guest's edits), shared with the later callbacks.
+    pub request: Arc<Fields>,
+    /// The request's head is still to be sent: its fields may change.
+    pub request_open: bool,
+    /// Set while the response callback runs: its status (three digits) and fields.
+    pub response: Option<([u8; 3], Fields)>,
     pub request_edits: Vec<Edit>,
     pub response_edits: Vec<Edit>,
     pub props: Props,
@@ -83,8 +106,16 @@ fn valid_value(v: &[u8]) -> bool {
     http::HeaderValue::from_bytes(v).is_ok()
 }
 
+/// A field the guest gives, as http types; `None` when it is not a valid one.
+fn field(k: &str, v: &[u8]) -> Option<(HeaderName, HeaderValue)> {
+    Some((
+        HeaderName::from_bytes(k.as_bytes()).ok()?,
+        HeaderValue::from_bytes(v).ok()?,
+    ))
+}
+
 /// Applies `e` to a copy of a head's fields; false (and nothing changes) when it is refused.
-fn apply(headers: &mut Headers, e: &Edit) -> bool {
+fn apply(fields: &mut Fields, e: &Edit) -> bool {
     match e {
         Edit::Add(k, v) | Edit::Replace(k, v) if protected(k) || !valid_value(v) => false,
         Edit::Remove(k) if protected(k) && k != "content-length" => false,
@@ -95,23 +126,29 @@ fn apply(headers: &mut Headers, e: &Edit) -> bool {
         {
             false
         }
-        Edit::Add(k, v) => {
-            headers.push((k.clone(), v.clone()));
-            true
-        }
-        Edit::Replace(k, v) => {
-            headers.retain(|(n, _)| n != k);
-            headers.push((k.clone(), v.clone()));
-            true
-        }
+        Edit::Add(k, v) => field(k, v).map(|f| fields.push(f)).is_some(),
+        Edit::Replace(k, v) => match field(k, v) {
+            Some((name, value)) => {
+                fields.retain(|(n, _)| *n != name);
+                fields.push((name, value));
+                true
+            }
+            None => false,
+        },
         Edit::Remove(k) => {
-            headers.retain(|(n, _)| n != k);
+            fields.retain(|(n, _)| n.as_str() != k);
             true
         }
         Edit::SetAll(pairs) => {
-            // Pseudo-headers and the framing fields stay as they are; the rest is replaced.
-            headers.retain(|(n, _)| protected(n));
-            headers.extend(pairs.iter().filter(|(k, _)| !protected(k)).cloned());
+            // The framing fields stay as they are (pseudo-headers are not fields here); the
+            // rest is replaced.
+            fields.retain(|(n, _)| protected(n.as_str()));
+            fields.extend(
+                pairs
+                    .iter()
+                    .filter(|(k, _)| !protected(k))
+                    .filter_map(|(k, v)| field(k, v)),
+            );
             true
         }
     }
@@ -121,7 +158,8 @@ impl Stream {
     /// A stream with no headers (the end of a request).
     pub fn bare(props: Props) -> Stream {
         Stream {
-            request: Vec::new(),
+            request: Arc::default(),
+            request_open: false,
             response: None,
             request_edits: Vec::new(),
             response_edits: Vec::new(),
@@ -134,40 +172,68 @@ impl Stream {
         }
     }
 
+    /// The request phase's stream: the head's fields, open to edits.
     pub fn new(head: &RequestHeader, props: Props) -> Stream {
-        let mut request: Headers = vec![
-            (":method".into(), props.method.clone().into_bytes()),
-            (":path".into(), props.path.clone().into_bytes()),
-            (":authority".into(), props.host.clone().into_bytes()),
-            (":scheme".into(), props.scheme.as_bytes().to_vec()),
-        ];
-        request.extend(
-            head.headers
-                .iter()
-                .map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec())),
-        );
+        let fields = head
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         Stream {
-            request,
+            request: Arc::new(fields),
+            request_open: true,
             ..Stream::bare(props)
         }
     }
 
-    /// The response's fields for its callback (`:status` first).
-    pub fn response_from(resp: &ResponseHeader) -> Headers {
-        let mut headers: Headers = vec![(
-            ":status".into(),
-            resp.status.as_u16().to_string().into_bytes(),
-        )];
-        headers.extend(
-            resp.headers
-                .iter()
-                .map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec())),
-        );
-        headers
+    /// The response's status and fields, for its callback.
+    pub fn response_from(resp: &ResponseHeader) -> ([u8; 3], Fields) {
+        let code = resp.status.as_u16();
+        let status = [
+            b'0' + (code / 100 % 10) as u8,
+            b'0' + (code / 10 % 10) as u8,
+            b'0' + (code % 10) as u8,
+        ];
+        let fields = resp
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        (status, fields)
+    }
+
+    /// The pairs of `map` as the guest reads them, pseudo-headers first; `None` when the
+    /// running callback has no such map.
+    pub fn pairs(&self, map: Map) -> Option<Vec<(&str, &[u8])>> {
+        match map {
+            Map::Request => {
+                let p = &self.props;
+                let mut pairs = Vec::with_capacity(4 + self.request.len());
+                pairs.extend([
+                    (":method", p.method.as_bytes()),
+                    (":path", p.path.as_bytes()),
+                    (":authority", p.host.as_bytes()),
+                    (":scheme", p.scheme.as_bytes()),
+                ]);
+                pairs.extend(fields(&self.request));
+                Some(pairs)
+            }
+            Map::Response => {
+                let (status, f) = self.response.as_ref()?;
+                let mut pairs = Vec::with_capacity(1 + f.len());
+                pairs.push((":status", &status[..]));
+                pairs.extend(fields(f));
+                Some(pairs)
+            }
+            Map::CallResponse => {
+                let (h, _) = self.call_response.as_ref()?;
+                Some(h.iter().map(|(k, v)| (k.as_str(), v.as_slice())).collect())
+            }
+        }
     }
 
     pub fn edit_request(&mut self, e: Edit) -> bool {
-        let ok = apply(&mut self.request, &e);
+        let ok = self.request_open && apply(Arc::make_mut(&mut self.request), &e);
         if ok {
             self.request_edits.push(e);
         }
@@ -175,7 +241,7 @@ impl Stream {
     }
 
     pub fn edit_response(&mut self, e: Edit) -> bool {
-        let ok = self.response.as_mut().is_some_and(|h| apply(h, &e));
+        let ok = self.response.as_mut().is_some_and(|(_, f)| apply(f, &e));
         if ok {
             self.response_edits.push(e);
         }
@@ -194,7 +260,7 @@ impl Stream {
             [b"request", b"scheme"] => text(p.scheme),
             [b"request", b"protocol"] => text(p.protocol),
             [b"request", b"id"] => p.id.as_deref().and_then(text),
-            [b"request", b"headers"] => Some(super::host::encode_pairs(&self.request)),
+            [b"request", b"headers"] => Some(super::host::encode_pairs(&self.pairs(Map::Request)?)),
             [b"source", b"address"] => p.source.map(|ip| ip.to_string().into_bytes()),
             [b"route_name"] => text(&p.route),
             [b"cluster_name"] => text(&p.upstream),

@@ -402,7 +402,8 @@ impl Vm {
             vm.context_create.call(&mut vm.store, (ctx, ROOT_CONTEXT))
         })?;
         self.open.push(ctx);
-        let count = stream.request.len() as i32;
+        // The fields and the four pseudo-headers.
+        let count = stream.request.len() as i32 + 4;
         self.store.data_mut().stream = Some(stream);
         let action = match self.request_headers.clone() {
             Some(f) => self.call(deadline, |vm| {
@@ -469,7 +470,7 @@ impl Vm {
         else {
             return Ok(None);
         };
-        let count = stream.response.as_ref().map_or(0, Vec::len) as i32;
+        let count = stream.response.as_ref().map_or(0, |(_, f)| f.len() + 1) as i32;
         self.store.data_mut().stream = Some(stream);
         let action = self.call(deadline, |vm| f.call(&mut vm.store, (ctx, count, 0)));
         let stream = self.store.data_mut().stream.take();
