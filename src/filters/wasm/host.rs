@@ -7,6 +7,7 @@
 //! ABI says. A bad pointer is `BadArgument`, never a crash.
 
 use super::stream::{Body, Call, Edit, Map, Stream};
+use http::{HeaderName, HeaderValue};
 use log::{debug, error, info, trace, warn};
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Mutex};
@@ -178,6 +179,14 @@ fn give(cx: &mut Cx<'_>, bytes: &[u8], ret_ptr: i32, ret_len: i32) -> R {
         && write_u32(cx, ret_ptr, at as u32)
         && write_u32(cx, ret_len, bytes.len() as u32);
     Ok(if ok { OK } else { BAD_ARGUMENT })
+}
+
+/// A field the guest gives (the name in any case), as http types; `None` when not valid.
+fn field(k: &[u8], v: &[u8]) -> Option<(HeaderName, HeaderValue)> {
+    Some((
+        HeaderName::from_bytes(k).ok()?,
+        HeaderValue::from_bytes(v).ok()?,
+    ))
 }
 
 /// `f` of the buffer `kind` as the running callback sees it; `None` when it has no such one.
@@ -440,7 +449,7 @@ pub fn link(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
     for (name, make) in [
         (
             "proxy_add_header_map_value",
-            Edit::Add as fn(String, Vec<u8>) -> Edit,
+            Edit::Add as fn(HeaderName, HeaderValue) -> Edit,
         ),
         ("proxy_replace_header_map_value", Edit::Replace),
     ] {
@@ -452,11 +461,10 @@ pub fn link(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
                 else {
                     return Ok(BAD_ARGUMENT);
                 };
-                Ok(edit(
-                    &mut cx,
-                    map,
-                    make(text(&key).to_ascii_lowercase(), value),
-                ))
+                match field(&key, &value) {
+                    Some((k, v)) => Ok(edit(&mut cx, map, make(k, v))),
+                    None => Ok(BAD_ARGUMENT),
+                }
             },
         )?;
     }
@@ -464,14 +472,11 @@ pub fn link(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
         env,
         "proxy_remove_header_map_value",
         |mut cx: Cx<'_>, map: i32, kp: i32, kn: i32| -> R {
-            let Some(key) = read(&mut cx, kp, kn) else {
-                return Ok(BAD_ARGUMENT);
-            };
-            Ok(edit(
-                &mut cx,
-                map,
-                Edit::Remove(text(&key).to_ascii_lowercase()),
-            ))
+            let key = read(&mut cx, kp, kn).and_then(|k| HeaderName::from_bytes(&k).ok());
+            match key {
+                Some(k) => Ok(edit(&mut cx, map, Edit::Remove(k))),
+                None => Ok(BAD_ARGUMENT),
+            }
         },
     )?;
     linker.func_wrap(
@@ -481,11 +486,16 @@ pub fn link(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
             let Some(pairs) = read(&mut cx, p, n).and_then(|d| decode_pairs(&d)) else {
                 return Ok(BAD_ARGUMENT);
             };
-            let pairs = pairs
-                .into_iter()
-                .map(|(k, v)| (k.to_ascii_lowercase(), v))
+            // Pseudo-headers are not fields (and cannot change); any other bad one refuses all.
+            let fields: Option<Vec<_>> = pairs
+                .iter()
+                .filter(|(k, _)| !k.starts_with(':'))
+                .map(|(k, v)| field(k.as_bytes(), v))
                 .collect();
-            Ok(edit(&mut cx, map, Edit::SetAll(pairs)))
+            match fields {
+                Some(f) => Ok(edit(&mut cx, map, Edit::SetAll(f))),
+                None => Ok(BAD_ARGUMENT),
+            }
         },
     )?;
     linker.func_wrap(

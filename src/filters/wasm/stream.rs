@@ -33,10 +33,11 @@ pub enum Map {
 
 #[derive(Debug, Clone)]
 pub enum Edit {
-    Add(String, Vec<u8>),
-    Replace(String, Vec<u8>),
-    Remove(String),
-    SetAll(Headers),
+    Add(HeaderName, HeaderValue),
+    Replace(HeaderName, HeaderValue),
+    Remove(HeaderName),
+    /// Every field replaced by these (pseudo-headers and the framing fields kept).
+    SetAll(Fields),
 }
 
 /// A request's facts, for `proxy_get_property`.
@@ -96,59 +97,35 @@ pub struct Call {
     pub timeout: std::time::Duration,
 }
 
-fn protected(name: &str) -> bool {
-    name.starts_with(':')
-        || matches!(name, "host" | "content-length" | "transfer-encoding")
-        || http::HeaderName::from_bytes(name.as_bytes()).is_err()
-}
-
-fn valid_value(v: &[u8]) -> bool {
-    http::HeaderValue::from_bytes(v).is_ok()
-}
-
-/// A field the guest gives, as http types; `None` when it is not a valid one.
-fn field(k: &str, v: &[u8]) -> Option<(HeaderName, HeaderValue)> {
-    Some((
-        HeaderName::from_bytes(k.as_bytes()).ok()?,
-        HeaderValue::from_bytes(v).ok()?,
-    ))
+/// Fields a guest may not set or remove: what routing judged (`host`) and the framing.
+fn protected(name: &HeaderName) -> bool {
+    use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+    name == HOST || name == CONTENT_LENGTH || name == TRANSFER_ENCODING
 }
 
 /// Applies `e` to a copy of a head's fields; false (and nothing changes) when it is refused.
+/// Removing `content-length` is allowed: the body is then framed by portico.
 fn apply(fields: &mut Fields, e: &Edit) -> bool {
     match e {
-        Edit::Add(k, v) | Edit::Replace(k, v) if protected(k) || !valid_value(v) => false,
-        Edit::Remove(k) if protected(k) && k != "content-length" => false,
-        Edit::SetAll(pairs)
-            if pairs
-                .iter()
-                .any(|(k, v)| (protected(k) && !k.starts_with(':')) || !valid_value(v)) =>
-        {
-            false
+        Edit::Add(k, _) | Edit::Replace(k, _) if protected(k) => false,
+        Edit::Remove(k) if protected(k) && k != http::header::CONTENT_LENGTH => false,
+        Edit::Add(k, v) => {
+            fields.push((k.clone(), v.clone()));
+            true
         }
-        Edit::Add(k, v) => field(k, v).map(|f| fields.push(f)).is_some(),
-        Edit::Replace(k, v) => match field(k, v) {
-            Some((name, value)) => {
-                fields.retain(|(n, _)| *n != name);
-                fields.push((name, value));
-                true
-            }
-            None => false,
-        },
+        Edit::Replace(k, v) => {
+            fields.retain(|(n, _)| n != k);
+            fields.push((k.clone(), v.clone()));
+            true
+        }
         Edit::Remove(k) => {
-            fields.retain(|(n, _)| n.as_str() != k);
+            fields.retain(|(n, _)| n != k);
             true
         }
         Edit::SetAll(pairs) => {
-            // The framing fields stay as they are (pseudo-headers are not fields here); the
-            // rest is replaced.
-            fields.retain(|(n, _)| protected(n.as_str()));
-            fields.extend(
-                pairs
-                    .iter()
-                    .filter(|(k, _)| !protected(k))
-                    .filter_map(|(k, v)| field(k, v)),
-            );
+            // `host` and the framing fields stay as they are, whatever the pairs say of them.
+            fields.retain(|(n, _)| protected(n));
+            fields.extend(pairs.iter().filter(|(k, _)| !protected(k)).cloned());
             true
         }
     }
@@ -272,26 +249,26 @@ impl Stream {
 
 /// A head edits are replayed on: the request the peer gets, or the response the client gets.
 pub trait Head {
-    fn append(&mut self, name: String, value: &[u8]);
-    fn insert(&mut self, name: String, value: &[u8]);
-    fn remove(&mut self, name: &str);
-    fn names(&self) -> Vec<String>;
+    fn append(&mut self, name: &HeaderName, value: &HeaderValue);
+    fn insert(&mut self, name: &HeaderName, value: &HeaderValue);
+    fn remove(&mut self, name: &HeaderName);
+    fn names(&self) -> Vec<HeaderName>;
 }
 
 macro_rules! head {
     ($t:ty) => {
         impl Head for $t {
-            fn append(&mut self, name: String, value: &[u8]) {
-                let _ = self.append_header(name, value);
+            fn append(&mut self, name: &HeaderName, value: &HeaderValue) {
+                let _ = self.append_header(name.clone(), value.clone());
             }
-            fn insert(&mut self, name: String, value: &[u8]) {
-                let _ = self.insert_header(name, value);
+            fn insert(&mut self, name: &HeaderName, value: &HeaderValue) {
+                let _ = self.insert_header(name.clone(), value.clone());
             }
-            fn remove(&mut self, name: &str) {
+            fn remove(&mut self, name: &HeaderName) {
                 let _ = self.remove_header(name);
             }
-            fn names(&self) -> Vec<String> {
-                self.headers.keys().map(|k| k.as_str().to_owned()).collect()
+            fn names(&self) -> Vec<HeaderName> {
+                self.headers.keys().cloned().collect()
             }
         }
     };
@@ -303,15 +280,15 @@ head!(ResponseHeader);
 pub fn replay(edits: &[Edit], head: &mut impl Head) {
     for e in edits {
         match e {
-            Edit::Add(k, v) => head.append(k.clone(), v),
-            Edit::Replace(k, v) => head.insert(k.clone(), v),
+            Edit::Add(k, v) => head.append(k, v),
+            Edit::Replace(k, v) => head.insert(k, v),
             Edit::Remove(k) => head.remove(k),
             Edit::SetAll(pairs) => {
-                for n in head.names().into_iter().filter(|n| !protected(n)) {
-                    head.remove(&n);
+                for n in head.names().iter().filter(|n| !protected(n)) {
+                    head.remove(n);
                 }
                 for (k, v) in pairs.iter().filter(|(k, _)| !protected(k)) {
-                    head.append(k.clone(), v);
+                    head.append(k, v);
                 }
             }
         }
