@@ -57,7 +57,7 @@ pub struct Host {
     pub plugin: Arc<PluginInfo>,
     pub limits: StoreLimits,
     /// The stream whose callback runs now (`None`: a root-context callback).
-    pub stream: Option<Stream>,
+    pub stream: Option<Box<Stream>>,
     /// `proxy_set_tick_period_milliseconds`, as the VM's start left it.
     pub tick_period_ms: u32,
     /// The last `proxy_http_call` token given.

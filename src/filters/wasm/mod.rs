@@ -219,10 +219,13 @@ impl Drop for Entry {
         if std::thread::current().id() != self.thread {
             return;
         }
-        let props = std::mem::take(&mut *self.props.lock().unwrap_or_else(|p| p.into_inner()));
-        let stream = Stream {
-            request: Arc::clone(&self.request),
-            ..Stream::bare(props)
+        let stream = || {
+            let props =
+                std::mem::take(&mut *self.props.lock().unwrap_or_else(|p| p.into_inner()));
+            Box::new(Stream {
+                request: Arc::clone(&self.request),
+                ..Stream::bare(props)
+            })
         };
         let ctx = self.ctx;
         if let Err(e) = self
@@ -342,13 +345,12 @@ fn answer(status: u32, headers: Vec<(String, Vec<u8>)>, body: Vec<u8>) -> Option
 impl Wasm {
     /// `proxy_on_request_headers` in a new stream context: the context and the stream as the
     /// guest left it, or the flow `on_error` gives.
-    fn start(&self, req: &Request<'_>) -> Result<(i32, Stream), Flow> {
-        let stream = Stream::new(req.head, props(req));
-        let end = !req.head.headers.contains_key(http::header::CONTENT_LENGTH)
-            && !req
-                .head
-                .headers
-                .contains_key(http::header::TRANSFER_ENCODING);
+    fn start(&self, req: &Request<'_>) -> Result<(i32, Box<Stream>), Flow> {
+        let stream = Box::new(Stream::new(req.head, props(req)));
+        // No body follows the head (one pass over the few fields: cheaper than two lookups).
+        let end = !req.head.headers.keys().any(|k| {
+            k == http::header::CONTENT_LENGTH || k == http::header::TRANSFER_ENCODING
+        });
         match self.plugin.with_vm(|vm, d| vm.request(d, stream, end)) {
             Ok(Some(started)) => Ok(started),
             Ok(None) => Err(Flow::Continue),
@@ -358,7 +360,7 @@ impl Wasm {
 
     /// Keeps the stream's context for the later phases, and answers with the guest's local
     /// response if it gave one.
-    fn settle(&self, req: &mut Request<'_>, ctx: i32, stream: Stream) -> Flow {
+    fn settle(&self, req: &mut Request<'_>, ctx: i32, stream: Box<Stream>) -> Flow {
         let fixed = stream
             .request
             .iter()
@@ -395,7 +397,12 @@ impl Wasm {
 
     /// Sends the HTTP calls the guest made and hands it each answer, until it makes no more
     /// (at most [`MAX_CALL_ROUNDS`] rounds) or answers the request itself.
-    async fn calls(&self, req: &Request<'_>, ctx: i32, mut stream: Stream) -> Result<Stream, Flow> {
+    async fn calls(
+        &self,
+        req: &Request<'_>,
+        ctx: i32,
+        mut stream: Box<Stream>,
+    ) -> Result<Box<Stream>, Flow> {
         let mut rounds = 0;
         while !stream.calls.is_empty() && stream.local.is_none() {
             rounds += 1;
@@ -656,12 +663,12 @@ impl Wasm {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        let mut slot = Some(Stream {
+        let mut slot = Some(Box::new(Stream {
             body: Some((which, data)),
             body_fixed: fixed,
             request: Arc::clone(&entry.request),
             ..Stream::bare(props)
-        });
+        }));
         let ran = self
             .plugin
             .with_vm(|vm, d| vm.body(d, entry.ctx, slot.take().expect("once"), end));
@@ -717,11 +724,11 @@ impl Wasm {
             props.response_code = Some(resp.status.as_u16());
             props.clone()
         };
-        let stream = Stream {
+        let stream = Box::new(Stream {
             response: Some(Stream::response_from(resp)),
             request: Arc::clone(&entry.request),
             ..Stream::bare(props)
-        };
+        });
         match self
             .plugin
             .with_vm(|vm, d| vm.response(d, entry.ctx, stream))

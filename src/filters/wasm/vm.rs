@@ -393,9 +393,9 @@ impl Vm {
     pub fn request(
         &mut self,
         deadline: u64,
-        stream: Stream,
+        stream: Box<Stream>,
         end: bool,
-    ) -> Result<(i32, Stream), Failure> {
+    ) -> Result<(i32, Box<Stream>), Failure> {
         let ctx = self.next_context;
         self.next_context = self.next_context.wrapping_add(1).max(ROOT_CONTEXT + 1);
         self.call(deadline, |vm| {
@@ -433,8 +433,8 @@ impl Vm {
         deadline: u64,
         ctx: i32,
         token: u32,
-        stream: Stream,
-    ) -> Result<Option<Stream>, Failure> {
+        stream: Box<Stream>,
+    ) -> Result<Option<Box<Stream>>, Failure> {
         let Some(f) = self
             .call_response
             .clone()
@@ -461,8 +461,8 @@ impl Vm {
         &mut self,
         deadline: u64,
         ctx: i32,
-        stream: Stream,
-    ) -> Result<Option<Stream>, Failure> {
+        stream: Box<Stream>,
+    ) -> Result<Option<Box<Stream>>, Failure> {
         let Some(f) = self
             .response_headers
             .clone()
@@ -486,9 +486,9 @@ impl Vm {
         &mut self,
         deadline: u64,
         ctx: i32,
-        stream: Stream,
+        stream: Box<Stream>,
         end: bool,
-    ) -> Result<(Stream, bool), Failure> {
+    ) -> Result<(Box<Stream>, bool), Failure> {
         let Some((which, data)) = &stream.body else {
             return Ok((stream, false));
         };
@@ -512,12 +512,21 @@ impl Vm {
     }
 
     /// The end of a stream: `proxy_on_log`, `proxy_on_done`, `proxy_on_delete`.
-    pub fn finish(&mut self, deadline: u64, ctx: i32, stream: Stream) -> Result<(), Failure> {
+    /// `stream`: made only when the module has one of those callbacks.
+    pub fn finish(
+        &mut self,
+        deadline: u64,
+        ctx: i32,
+        stream: impl FnOnce() -> Box<Stream>,
+    ) -> Result<(), Failure> {
         let Some(at) = self.open.iter().position(|c| *c == ctx) else {
             return Ok(());
         };
         self.open.swap_remove(at);
-        self.store.data_mut().stream = Some(stream);
+        if self.on_log.is_none() && self.on_done.is_none() && self.on_delete.is_none() {
+            return Ok(());
+        }
+        self.store.data_mut().stream = Some(stream());
         let result = self.end_callbacks(deadline, ctx);
         self.store.data_mut().stream = None;
         result
