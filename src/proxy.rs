@@ -93,10 +93,7 @@ impl ProxyHttp for Portico {
             Upgrade::WebSocket => {
                 forward::upgrade::websocket(&self.connector, self.drain_limit, session, ctx).await
             }
-            _ if ctx.snapshot.fast_path
-                && forward::is_plain(session)
-                && !ctx.route().is_some_and(|r| r.chain.has_response_body()) =>
-            {
+            _ if ctx.snapshot.fast_path && forward::is_plain(session) => {
                 forward::plain(self, &self.connector, session, ctx).await
             }
             _ => Ok(false),
@@ -206,7 +203,7 @@ impl ProxyHttp for Portico {
         Ok(())
     }
 
-    /// The route's `response_body` filters (a route with one never takes the own loop).
+    /// The route's `response_body` filters (for the own loop too).
     fn response_body_filter(
         &self,
         _session: &mut Session,

@@ -18,8 +18,7 @@
 //! - `request_body`: each piece of the request body on its way to the peer, which it may
 //!   change or hold back (to see more of it first). A filter that resizes a body drops its
 //!   `Content-Length` in the `upstream_request` (or `response`) phase: it then goes chunked.
-//! - `response_body`: the same for the response body on its way to the client (a route with
-//!   such a filter never takes portico's own loop).
+//! - `response_body`: the same for the response body on its way to the client.
 //! - `log`: observes the finished request (for a WebSocket, when it closes).
 //!
 //! Body phases do not run inside a WebSocket tunnel: after a 101 the bytes pass untouched.

@@ -198,11 +198,22 @@ pub(crate) async fn plain<P: Hooks>(
         .write_response_header(resp, end)
         .await
         .map_err(|e| e.into_down())?;
-    while let Some(body) = upstream.read_body_bytes().await.map_err(|e| e.into_up())? {
-        session
-            .write_response_body(Some(body), false)
-            .await
-            .map_err(|e| e.into_down())?;
+    // Each piece through the response body hook (the route's `response_body` filters), as in
+    // Pingora's loop: the last one flagged (`None` when the end showed only after it).
+    let filters = ctx.route().is_some_and(|r| r.chain.has_response_body());
+    let mut done = end;
+    while !done {
+        let mut body = upstream.read_body_bytes().await.map_err(|e| e.into_up())?;
+        done = body.is_none() || upstream.is_body_done();
+        if filters {
+            proxy.response_body_filter(session, &mut body, done, ctx)?;
+        }
+        if let Some(body) = body.filter(|b| !b.is_empty()) {
+            session
+                .write_response_body(Some(body), false)
+                .await
+                .map_err(|e| e.into_down())?;
+        }
     }
     session.finish_body().await.map_err(|e| e.into_down())?;
     upstream.respect_keepalive();

@@ -28,7 +28,7 @@ const KEEP_ALIVE: &[u8] = b"GET / HTTP/1.1\r\nHost: test.local\r\n\r\n";
 
 /// Every test here runs against both forwarding loops: portico's own (plain requests) and
 /// Pingora's (`server.fast_path: false` sends every request through it).
-const LOOPS: [&str; 2] = ["fast_path: true", "fast_path: false"];
+pub const LOOPS: [&str; 2] = ["fast_path: true", "fast_path: false"];
 
 /// A peer that answers the first request on a connection and drops the next one unanswered
 /// (its idle timeout fired just as it arrived).

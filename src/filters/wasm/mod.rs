@@ -220,8 +220,7 @@ impl Drop for Entry {
             return;
         }
         let stream = || {
-            let props =
-                std::mem::take(&mut *self.props.lock().unwrap_or_else(|p| p.into_inner()));
+            let props = std::mem::take(&mut *self.props.lock().unwrap_or_else(|p| p.into_inner()));
             Box::new(Stream {
                 request: Arc::clone(&self.request),
                 ..Stream::bare(props)
@@ -348,9 +347,11 @@ impl Wasm {
     fn start(&self, req: &Request<'_>) -> Result<(i32, Box<Stream>), Flow> {
         let stream = Box::new(Stream::new(req.head, props(req)));
         // No body follows the head (one pass over the few fields: cheaper than two lookups).
-        let end = !req.head.headers.keys().any(|k| {
-            k == http::header::CONTENT_LENGTH || k == http::header::TRANSFER_ENCODING
-        });
+        let end = !req
+            .head
+            .headers
+            .keys()
+            .any(|k| k == http::header::CONTENT_LENGTH || k == http::header::TRANSFER_ENCODING);
         match self.plugin.with_vm(|vm, d| vm.request(d, stream, end)) {
             Ok(Some(started)) => Ok(started),
             Ok(None) => Err(Flow::Continue),
