@@ -416,6 +416,9 @@ async fn a_guest_holds_and_rewrites_bodies_and_answers_from_the_request_body() {
         // the request's headers.
         let r = get(proxy.addr, "/g", &[("X-Echo", "hi")]).await;
         assert_eq!(r.header("x-echo"), Some("hi"));
+        // All pairs read and set back (host, content-length and pseudo-headers among them):
+        // OK, and the request goes on as it came.
+        assert_eq!(r.header("x-set-pairs"), Some("0"));
         let text = r.text();
         let json = text
             .strip_prefix("wasm:")
@@ -425,6 +428,14 @@ async fn a_guest_holds_and_rewrites_bodies_and_answers_from_the_request_body() {
             (seen["method"].as_str(), seen["body_len"].as_u64()),
             (Some("GET"), Some(0))
         );
+        let host: Vec<_> = seen["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|h| h[0].as_str().unwrap().eq_ignore_ascii_case("host"))
+            .map(|h| h[1].as_str().unwrap())
+            .collect();
+        assert_eq!(host, ["test.local"]);
 
         // The guest's answer from the body: 403 with its body, and the peer never gets the request.
         let hits = origin.hits();
