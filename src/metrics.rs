@@ -2,7 +2,7 @@
 //!
 //! Label sets are bounded by the config: route and upstream names, peer addresses (from the
 //! file, or at most 256 per name from DNS), status classes and fixed outcome words; never raw
-//! paths or client addresses.
+//! paths or client addresses. Wasm guests' own metrics: at most 1,000 series in all.
 
 use crate::snapshot::Snapshot;
 use prometheus::{
@@ -31,6 +31,10 @@ pub struct Metrics {
     pub retries: IntCounterVec,
     pub rejections: IntCounterVec,
     pub filter_errors: IntCounterVec,
+    /// Metrics Wasm guests define (`proxy_define_metric`), by plugin and the guest's name.
+    pub wasm_counters: IntCounterVec,
+    pub wasm_gauges: IntGaugeVec,
+    pub wasm_histograms: HistogramVec,
     pub reloads: IntCounterVec,
     pub access_log_dropped: prometheus::IntCounter,
 }
@@ -107,6 +111,19 @@ impl Metrics {
             retries: counter(&r, "portico_retries_total", "Connect failures retried on another peer", &["upstream"]),
             rejections: counter(&r, "portico_rejections_total", "Requests answered by portico itself, by reason", &["route", "reason"]),
             filter_errors: counter(&r, "portico_filter_errors_total", "Filter failures (a Wasm guest's trap, timeout or bad return), by route and filter", &["route", "filter"]),
+            wasm_counters: counter(&r, "portico_wasm_counter_total", "Counters Wasm guests define, by plugin and name", &["plugin", "name"]),
+            wasm_gauges: gauge(&r, "portico_wasm_gauge", "Gauges Wasm guests define, by plugin and name", &["plugin", "name"]),
+            wasm_histograms: {
+                // A guest's values have its own unit: powers of 4 from 1 to about 4 billion.
+                let buckets = (0..16).map(|i| 4f64.powi(i)).collect();
+                let h = HistogramVec::new(
+                    HistogramOpts::new("portico_wasm_histogram", "Histograms Wasm guests define, by plugin and name").buckets(buckets),
+                    &["plugin", "name"],
+                )
+                .expect("valid metric");
+                r.register(Box::new(h.clone())).expect("registered once");
+                h
+            },
             reloads: counter(&r, "portico_reloads_total", "SIGHUP reloads by outcome", &["outcome"]),
             access_log_dropped,
             registry: r,

@@ -483,3 +483,39 @@ async fn a_streaming_guest_rewrites_each_piece_of_a_large_body() {
     );
     assert_eq!(r.header("x-set-buffer"), Some("2"));
 }
+
+/// Metrics a guest defines (counter, gauge, histogram) are one series each per plugin and name,
+/// shared by the guest's VMs on every thread, in /metrics; the guest reads its counter back. A
+/// metric type the ABI does not have is BadArgument.
+#[tokio::test]
+async fn a_guests_metrics_are_in_prometheus() {
+    let origin = HttpOrigin::start("o").await;
+    let admin = proxy_addr();
+    let proxy = Proxy::start(&format!(
+        "admin: {{address: '{admin}'}}\nupstreams:\n  app: {{peers: ['{}']}}\nroutes:\n  - {{path_prefix: /, upstream: app, filters: [{}]}}\n",
+        origin.addr,
+        wasm(&fixture("metrics.wat"), ""),
+    ))
+    .await;
+    for n in 1..=3 {
+        let r = get(proxy.addr, "/", &[]).await;
+        assert_eq!(r.upstream_header("x-requests"), [n.to_string()]);
+        assert_eq!(r.upstream_header("x-bad-kind"), ["2"]);
+    }
+    let text = scrape(admin).await;
+    let series = |prefix: &str, name: &str| {
+        text.lines()
+            .find(|l| {
+                l.starts_with(prefix)
+                    && l.contains(&format!("name=\"{name}\""))
+                    && l.contains("plugin=\"metrics\"")
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .unwrap_or_else(|| panic!("no {prefix} {name} in\n{text}"))
+            .to_owned()
+    };
+    assert_eq!(series("portico_wasm_counter_total{", "requests"), "3");
+    assert_eq!(series("portico_wasm_gauge{", "level"), "7");
+    assert_eq!(series("portico_wasm_histogram_count{", "sizes"), "3");
+    assert_eq!(series("portico_wasm_histogram_sum{", "sizes"), "900");
+}

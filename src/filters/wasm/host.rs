@@ -181,6 +181,54 @@ fn give(cx: &mut Cx<'_>, bytes: &[u8], ret_ptr: i32, ret_len: i32) -> R {
     Ok(if ok { OK } else { BAD_ARGUMENT })
 }
 
+/// A metric a guest defined: one per plugin name, kind and metric name, shared by its VMs.
+enum GuestMetric {
+    Counter(prometheus::IntCounter),
+    Gauge(prometheus::IntGauge),
+    Histogram(prometheus::Histogram),
+}
+
+/// Guest metrics at most, all plugins together (each is a Prometheus series).
+const MAX_GUEST_METRICS: usize = 1000;
+
+type GuestMetrics = (HashMap<(String, i32, String), u32>, Vec<GuestMetric>);
+static GUEST_METRICS: LazyLock<Mutex<GuestMetrics>> = LazyLock::new(Default::default);
+
+/// The id of the plugin's metric `name` of `kind` (0 counter, 1 gauge, 2 histogram), defined
+/// now if new; `Err(status)` for a kind the ABI does not have or one metric too many.
+fn define_metric(plugin: &str, kind: i32, name: &str) -> Result<u32, i32> {
+    let metrics = &crate::metrics::METRICS;
+    let mut all = GUEST_METRICS.lock().unwrap_or_else(|p| p.into_inner());
+    let key = (plugin.to_owned(), kind, name.to_owned());
+    if let Some(id) = all.0.get(&key) {
+        return Ok(*id);
+    }
+    if all.1.len() >= MAX_GUEST_METRICS {
+        return Err(INTERNAL_FAILURE);
+    }
+    let labels = [plugin, name];
+    let metric = match kind {
+        0 => GuestMetric::Counter(metrics.wasm_counters.with_label_values(&labels)),
+        1 => GuestMetric::Gauge(metrics.wasm_gauges.with_label_values(&labels)),
+        2 => GuestMetric::Histogram(metrics.wasm_histograms.with_label_values(&labels)),
+        _ => return Err(BAD_ARGUMENT),
+    };
+    let id = all.1.len() as u32;
+    all.1.push(metric);
+    all.0.insert(key, id);
+    Ok(id)
+}
+
+/// `f` on the metric `id` (its status is `OK` unless it says otherwise); `NOT_FOUND` for an
+/// id never given.
+fn with_metric(id: i32, f: impl FnOnce(&GuestMetric) -> i32) -> i32 {
+    let all = GUEST_METRICS.lock().unwrap_or_else(|p| p.into_inner());
+    match all.1.get(id as u32 as usize) {
+        Some(m) => f(m),
+        None => NOT_FOUND,
+    }
+}
+
 /// A field the guest gives (the name in any case), as http types; `None` when not valid.
 fn field(k: &[u8], v: &[u8]) -> Option<(HeaderName, HeaderValue)> {
     Some((
@@ -397,6 +445,82 @@ pub fn link(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
             };
             let ok = write_u32(&mut cx, ret_len, len as u32) && write_u32(&mut cx, ret_flags, 0);
             Ok(if ok { OK } else { BAD_ARGUMENT })
+        },
+    )?;
+    linker.func_wrap(
+        env,
+        "proxy_define_metric",
+        |mut cx: Cx<'_>, kind: i32, np: i32, nl: i32, ret_id: i32| -> R {
+            let Some(name) = read(&mut cx, np, nl) else {
+                return Ok(BAD_ARGUMENT);
+            };
+            let plugin = cx.data().plugin.name.clone();
+            let id = match define_metric(&plugin, kind, &text(&name)) {
+                Ok(id) => id,
+                Err(status) => return Ok(status),
+            };
+            Ok(if write_u32(&mut cx, ret_id, id) {
+                OK
+            } else {
+                BAD_ARGUMENT
+            })
+        },
+    )?;
+    // As Envoy: increment adds to a counter (not below zero) or a gauge; record adds to a
+    // counter, sets a gauge, observes a histogram; a histogram cannot be read.
+    linker.func_wrap(
+        env,
+        "proxy_increment_metric",
+        |_: Cx<'_>, id: i32, offset: i64| -> R {
+            Ok(with_metric(id, |m| match m {
+                GuestMetric::Counter(c) if offset >= 0 => {
+                    c.inc_by(offset as u64);
+                    OK
+                }
+                GuestMetric::Gauge(g) => {
+                    g.add(offset);
+                    OK
+                }
+                _ => BAD_ARGUMENT,
+            }))
+        },
+    )?;
+    linker.func_wrap(
+        env,
+        "proxy_record_metric",
+        |_: Cx<'_>, id: i32, value: i64| -> R {
+            let value = value as u64;
+            Ok(with_metric(id, |m| {
+                match m {
+                    GuestMetric::Counter(c) => c.inc_by(value),
+                    GuestMetric::Gauge(g) => g.set(value.min(i64::MAX as u64) as i64),
+                    GuestMetric::Histogram(h) => h.observe(value as f64),
+                }
+                OK
+            }))
+        },
+    )?;
+    linker.func_wrap(
+        env,
+        "proxy_get_metric",
+        |mut cx: Cx<'_>, id: i32, ret: i32| -> R {
+            let mut value = None;
+            let status = with_metric(id, |m| match m {
+                GuestMetric::Counter(c) => {
+                    value = Some(c.get());
+                    OK
+                }
+                GuestMetric::Gauge(g) => {
+                    value = Some(g.get().max(0) as u64);
+                    OK
+                }
+                GuestMetric::Histogram(_) => BAD_ARGUMENT,
+            });
+            match value {
+                Some(v) if write(&mut cx, ret, &v.to_le_bytes()) => Ok(OK),
+                Some(_) => Ok(BAD_ARGUMENT),
+                None => Ok(status),
+            }
         },
     )?;
     linker.func_wrap(
@@ -655,24 +779,6 @@ fn unimplemented(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
         "proxy_get_status",
         |_: Cx<'_>, _: i32, _: i32, _: i32| -> R { Ok(UNIMPLEMENTED) },
     )?;
-    linker.func_wrap(
-        env,
-        "proxy_define_metric",
-        |_: Cx<'_>, _: i32, _: i32, _: i32, _: i32| -> R { Ok(UNIMPLEMENTED) },
-    )?;
-    linker.func_wrap(
-        env,
-        "proxy_increment_metric",
-        |_: Cx<'_>, _: i32, _: i64| -> R { Ok(UNIMPLEMENTED) },
-    )?;
-    linker.func_wrap(
-        env,
-        "proxy_record_metric",
-        |_: Cx<'_>, _: i32, _: i64| -> R { Ok(UNIMPLEMENTED) },
-    )?;
-    linker.func_wrap(env, "proxy_get_metric", |_: Cx<'_>, _: i32, _: i32| -> R {
-        Ok(UNIMPLEMENTED)
-    })?;
     linker.func_wrap(
         env,
         "proxy_register_shared_queue",
