@@ -3,7 +3,7 @@
 //! the access log.
 
 use crate::accesslog::{account, Entry};
-use crate::filters::BodyCx;
+use crate::filters::{BodyCx, Chain};
 use crate::forward;
 use crate::metrics::METRICS;
 use crate::request::admit::{admit, admit_deferred, Answer, Client};
@@ -172,34 +172,26 @@ impl ProxyHttp for Portico {
         end: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let snapshot = Arc::clone(&ctx.snapshot);
-        let Some(route) = ctx.route.map(|i| &snapshot.routes[i]) else {
-            return Ok(());
-        };
-        if let Some(max) = route.max_body_size {
+        if let Some(max) = ctx.route().and_then(|r| r.max_body_size) {
             ctx.body_bytes += body.as_ref().map_or(0, |b| b.len() as u64);
             if ctx.body_bytes > max {
                 session.set_keepalive(None);
                 return Error::e_explain(HTTPStatus(413), format!("request body over {max} bytes"));
             }
         }
-        if !route.chain.has_request_body() {
-            return Ok(());
-        }
-        let mut chunk = body.take().unwrap_or_default();
-        let mut cx = BodyCx {
-            route: &route.name,
-            vars: &mut ctx.vars,
-            ext: &mut ctx.ext,
-        };
-        if let Err(answer) = route.chain.request_body(&mut chunk, end, &mut cx) {
+        let ran = body_phase(ctx, Chain::has_request_body, |chain, cx| {
+            let mut chunk = body.take().unwrap_or_default();
+            let ran = chain.request_body(&mut chunk, end, cx);
+            // Empty and not the end: nothing is sent (Pingora reads `None` as the end).
+            *body = (!chunk.is_empty() || !end).then_some(chunk);
+            ran
+        });
+        if let Some(Err(answer)) = ran {
             session.set_keepalive(None);
             let status = answer.status;
             ctx.body_answer = Some(answer);
             return Error::e_explain(HTTPStatus(status), "answered by a request body filter");
         }
-        // Empty and not the end: nothing is sent (Pingora reads `None` as the end).
-        *body = (!chunk.is_empty() || !end).then_some(chunk);
         Ok(())
     }
 
@@ -211,24 +203,15 @@ impl ProxyHttp for Portico {
         end: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
-        let snapshot = Arc::clone(&ctx.snapshot);
-        let Some(route) = ctx
-            .route
-            .map(|i| &snapshot.routes[i])
-            .filter(|r| r.chain.has_response_body())
-        else {
-            return Ok(None);
-        };
-        let mut chunk = body.take().unwrap_or_default();
-        let mut cx = BodyCx {
-            route: &route.name,
-            vars: &mut ctx.vars,
-            ext: &mut ctx.ext,
-        };
-        if let Err(why) = route.chain.response_body(&mut chunk, end, &mut cx) {
+        let ran = body_phase(ctx, Chain::has_response_body, |chain, cx| {
+            let mut chunk = body.take().unwrap_or_default();
+            let ran = chain.response_body(&mut chunk, end, cx);
+            *body = (!chunk.is_empty()).then_some(chunk);
+            ran
+        });
+        if let Some(Err(why)) = ran {
             return Error::e_explain(InternalError, format!("response body filter: {why}"));
         }
-        *body = (!chunk.is_empty()).then_some(chunk);
         Ok(None)
     }
 
@@ -370,6 +353,26 @@ impl ProxyHttp for Portico {
             loggers: ctx.route().and_then(|r| r.chain.loggers()).map(|l| &**l),
         });
     }
+}
+
+/// `f` over the route's chain and what its body phases see, when `wanted` says the chain has
+/// filters for that phase; `None` (and no work) otherwise.
+fn body_phase<T>(
+    ctx: &mut RequestCtx,
+    wanted: fn(&Chain) -> bool,
+    f: impl FnOnce(&Chain, &mut BodyCx<'_>) -> T,
+) -> Option<T> {
+    let i = ctx
+        .route
+        .filter(|&i| wanted(&ctx.snapshot.routes[i].chain))?;
+    let snapshot = Arc::clone(&ctx.snapshot);
+    let route = &snapshot.routes[i];
+    let mut cx = BodyCx {
+        route: &route.name,
+        vars: &mut ctx.vars,
+        ext: &mut ctx.ext,
+    };
+    Some(f(&route.chain, &mut cx))
 }
 
 /// The status portico answers a failed request with: Pingora's mapping, but a peer that timed
