@@ -17,7 +17,8 @@
 //!   WebSocket 101s excepted: those pass byte for byte).
 //! - `request_body`: each piece of the request body on its way to the peer, which it may
 //!   change or hold back (to see more of it first). A filter that resizes a body drops its
-//!   `Content-Length` in the `upstream_request` (or `response`) phase: it then goes chunked.
+//!   `Content-Length` in the `upstream_request` phase (the body then goes chunked), or for a
+//!   response calls [`unframe`] in the `response` phase.
 //! - `response_body`: the same for the response body on its way to the client.
 //! - `log`: observes the finished request (for a WebSocket, when it closes).
 //!
@@ -52,6 +53,19 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
+
+/// For a `response` phase whose filter will change the body's size: drops the response's
+/// `Content-Length` and frames the body chunked to an HTTP/1.1 client (to HTTP/2 it simply has
+/// no length; to HTTP/1.0 it ends with the connection). Nothing for a response without a body.
+pub fn unframe(resp: &mut ResponseHeader, request: &RequestHeader) {
+    let bodiless = request.method == http::Method::HEAD
+        || resp.status.is_informational()
+        || matches!(resp.status.as_u16(), 204 | 304);
+    resp.remove_header(&http::header::CONTENT_LENGTH);
+    if !bodiless && request.version == http::Version::HTTP_11 {
+        let _ = resp.insert_header(http::header::TRANSFER_ENCODING, "chunked");
+    }
+}
 
 /// The phases a filter acts in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -6,7 +6,7 @@
 //! copied into memory it allocates itself (`proxy_on_memory_allocate`, else `malloc`), as the
 //! ABI says. A bad pointer is `BadArgument`, never a crash.
 
-use super::stream::{Body, Call, Edit, Map, Stream};
+use super::stream::{field, Body, Call, Edit, Map, Stream};
 use http::{HeaderName, HeaderValue};
 use log::{debug, error, info, trace, warn};
 use std::collections::HashMap;
@@ -227,14 +227,6 @@ fn with_metric(id: i32, f: impl FnOnce(&GuestMetric) -> i32) -> i32 {
         Some(m) => f(m),
         None => NOT_FOUND,
     }
-}
-
-/// A field the guest gives (the name in any case), as http types; `None` when not valid.
-fn field(k: &[u8], v: &[u8]) -> Option<(HeaderName, HeaderValue)> {
-    Some((
-        HeaderName::from_bytes(k).ok()?,
-        HeaderValue::from_bytes(v).ok()?,
-    ))
 }
 
 /// `f` of the buffer `kind` as the running callback sees it; `None` when it has no such one.

@@ -30,7 +30,6 @@ use crate::config::schema::{Duration as ConfigDuration, Size};
 use crate::metrics::METRICS;
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue};
 use log::warn;
 use pingora::connectors::TransportConnector;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -221,10 +220,7 @@ impl Drop for Entry {
         }
         let stream = || {
             let props = std::mem::take(&mut *self.props.lock().unwrap_or_else(|p| p.into_inner()));
-            Box::new(Stream {
-                request: Arc::clone(&self.request),
-                ..Stream::bare(props)
-            })
+            Box::new(self.later(props))
         };
         let ctx = self.ctx;
         if let Err(e) = self
@@ -235,6 +231,17 @@ impl Drop for Entry {
                 "wasm {}: at the end of a request: {e}",
                 self.plugin.info.name
             );
+        }
+    }
+}
+
+impl Entry {
+    /// The stream a callback after the request phase sees: the request's fields as the guest
+    /// left them (read only) and `props`.
+    fn later(&self, props: Props) -> Stream {
+        Stream {
+            request: Arc::clone(&self.request),
+            ..Stream::bare(props)
         }
     }
 }
@@ -314,25 +321,25 @@ fn props(req: &Request<'_>) -> Props {
     }
 }
 
-/// The guest's local response as portico's answer; `None` when its status is not one.
-fn answer(status: u32, headers: Vec<(String, Vec<u8>)>, body: Vec<u8>) -> Option<Answer> {
-    let status = u16::try_from(status)
+/// The guest's local response as portico's answer; a bad return when its status is not one.
+fn answer((status, headers, body): stream::Local) -> Result<Answer, Failure> {
+    let Some(status) = u16::try_from(status)
         .ok()
-        .filter(|s| (200..=599).contains(s))?;
+        .filter(|s| (200..=599).contains(s))
+    else {
+        return Err(Failure::BadReturn(format!(
+            "a local response with status {status}"
+        )));
+    };
     let headers = headers
         .into_iter()
         .filter(|(k, _)| !k.starts_with(':'))
-        .filter_map(|(k, v)| {
-            Some((
-                HeaderName::from_bytes(k.as_bytes()).ok()?,
-                HeaderValue::from_bytes(&v).ok()?,
-            ))
-        })
+        .filter_map(|(k, v)| stream::field(k.as_bytes(), &v))
         .filter(|(k, _)| {
             *k != http::header::CONTENT_LENGTH && *k != http::header::TRANSFER_ENCODING
         })
         .collect();
-    Some(Answer {
+    Ok(Answer {
         reason: "wasm",
         status,
         headers,
@@ -384,15 +391,10 @@ impl Wasm {
                 req.ext.insert(Entries(vec![entry]));
             }
         }
-        match stream.local {
+        match stream.local.map(answer) {
             None => Flow::Continue,
-            Some((status, headers, body)) => match answer(status, headers, body) {
-                Some(a) => Flow::Respond(a),
-                None => {
-                    let e = Failure::BadReturn(format!("a local response with status {status}"));
-                    self.failed(req.route, "on request headers", &e)
-                }
-            },
+            Some(Ok(a)) => Flow::Respond(a),
+            Some(Err(e)) => self.failed(req.route, "on request headers", &e),
         }
     }
 
@@ -617,17 +619,6 @@ enum Stop {
     Failed(Failure),
 }
 
-/// A response whose `Content-Length` the guest removed (to change the body's size) goes
-/// chunked to an HTTP/1.1 client (to HTTP/2 without a length; to HTTP/1.0 up to the close).
-fn frame_chunked(resp: &mut ResponseHeader, req: &RequestHeader) {
-    let bodiless = req.method == http::Method::HEAD
-        || resp.status.is_informational()
-        || matches!(resp.status.as_u16(), 204 | 304);
-    if !bodiless && req.version == http::Version::HTTP_11 {
-        let _ = resp.insert_header(http::header::TRANSFER_ENCODING, "chunked");
-    }
-}
-
 impl Wasm {
     /// A body callback over what the guest held back and `chunk`: `chunk` becomes what goes
     /// on (empty while the guest holds it back).
@@ -667,8 +658,7 @@ impl Wasm {
         let mut slot = Some(Box::new(Stream {
             body: Some((which, data)),
             body_fixed: fixed,
-            request: Arc::clone(&entry.request),
-            ..Stream::bare(props)
+            ..entry.later(props)
         }));
         let ran = self
             .plugin
@@ -690,13 +680,8 @@ impl Wasm {
             let e = Failure::BadReturn("proxy_http_call from a body callback".into());
             return Err(Stop::Failed(e));
         }
-        if let Some((status, headers, body)) = stream.local {
-            return match answer(status, headers, body) {
-                Some(a) => Err(Stop::Answer(a)),
-                None => Err(Stop::Failed(Failure::BadReturn(format!(
-                    "a local response with status {status}"
-                )))),
-            };
+        if let Some(local) = stream.local {
+            return Err(answer(local).map_or_else(Stop::Failed, Stop::Answer));
         }
         let data = stream.body.map(|(_, d)| d).unwrap_or_default();
         if more && !end {
@@ -727,8 +712,7 @@ impl Wasm {
         };
         let stream = Box::new(Stream {
             response: Some(Stream::response_from(resp)),
-            request: Arc::clone(&entry.request),
-            ..Stream::bare(props)
+            ..entry.later(props)
         });
         match self
             .plugin
@@ -737,8 +721,9 @@ impl Wasm {
             Ok(Some(Some(stream))) => {
                 let had_length = resp.headers.contains_key(http::header::CONTENT_LENGTH);
                 stream::replay(&stream.response_edits, resp);
+                // The guest removed the length to resize the body: portico frames it.
                 if had_length && !resp.headers.contains_key(http::header::CONTENT_LENGTH) {
-                    frame_chunked(resp, cx.request);
+                    super::unframe(resp, cx.request);
                 }
             }
             Ok(_) => {}

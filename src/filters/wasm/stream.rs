@@ -14,9 +14,25 @@ use std::sync::Arc;
 /// Header pairs as the guest gives them (a local response's, an HTTP call's).
 pub type Headers = Vec<(String, Vec<u8>)>;
 
+/// A local response the guest asked for: status, headers, body.
+pub type Local = (u32, Headers, Vec<u8>);
+
 /// A head's fields as the guest sees and edits them: copied from the head by reference
 /// counts, not bytes (the pseudo-headers come from the request's properties and `status`).
 pub type Fields = Vec<(HeaderName, HeaderValue)>;
+
+/// A field the guest gives (the name in any case), as http types; `None` when not valid.
+pub fn field(k: &[u8], v: &[u8]) -> Option<(HeaderName, HeaderValue)> {
+    Some((
+        HeaderName::from_bytes(k).ok()?,
+        HeaderValue::from_bytes(v).ok()?,
+    ))
+}
+
+/// A head's fields, by reference counts.
+fn fields_of(map: &http::HeaderMap) -> Fields {
+    map.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
 
 /// Fields as the guest reads them.
 fn fields(f: &[(HeaderName, HeaderValue)]) -> impl Iterator<Item = (&str, &[u8])> {
@@ -60,13 +76,13 @@ pub struct Stream {
     pub request: Arc<Fields>,
     /// The request's head is still to be sent: its fields may change.
     pub request_open: bool,
-    /// Set while the response callback runs: its status (three digits) and fields.
-    pub response: Option<([u8; 3], Fields)>,
+    /// Set while the response callback runs: its status and fields.
+    pub response: Option<(http::StatusCode, Fields)>,
     pub request_edits: Vec<Edit>,
     pub response_edits: Vec<Edit>,
     pub props: Props,
     /// `proxy_send_local_response`: status, headers, body.
-    pub local: Option<(u32, Headers, Vec<u8>)>,
+    pub local: Option<Local>,
     /// `proxy_http_call`s made in the last callback, to be sent.
     pub calls: Vec<Call>,
     /// The answer to the call whose `proxy_on_http_call_response` runs now: its headers
@@ -151,32 +167,16 @@ impl Stream {
 
     /// The request phase's stream: the head's fields, open to edits.
     pub fn new(head: &RequestHeader, props: Props) -> Stream {
-        let fields = head
-            .headers
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
         Stream {
-            request: Arc::new(fields),
+            request: Arc::new(fields_of(&head.headers)),
             request_open: true,
             ..Stream::bare(props)
         }
     }
 
     /// The response's status and fields, for its callback.
-    pub fn response_from(resp: &ResponseHeader) -> ([u8; 3], Fields) {
-        let code = resp.status.as_u16();
-        let status = [
-            b'0' + (code / 100 % 10) as u8,
-            b'0' + (code / 10 % 10) as u8,
-            b'0' + (code % 10) as u8,
-        ];
-        let fields = resp
-            .headers
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        (status, fields)
+    pub fn response_from(resp: &ResponseHeader) -> (http::StatusCode, Fields) {
+        (resp.status, fields_of(&resp.headers))
     }
 
     /// The pairs of `map` as the guest reads them, pseudo-headers first; `None` when the
@@ -198,7 +198,7 @@ impl Stream {
             Map::Response => {
                 let (status, f) = self.response.as_ref()?;
                 let mut pairs = Vec::with_capacity(1 + f.len());
-                pairs.push((":status", &status[..]));
+                pairs.push((":status", status.as_str().as_bytes()));
                 pairs.extend(fields(f));
                 Some(pairs)
             }
