@@ -418,10 +418,10 @@ pub fn link(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
                 return Ok(BAD_ARGUMENT);
             }
             let end = start.saturating_add(size as u32 as usize).min(body.len());
-            // A body whose Content-Length stays keeps its size; none grows past max_body.
-            if (fixed && data.len() != end - start)
-                || body.len() - (end - start) + data.len() > max_body
-            {
+            // A body whose Content-Length stays keeps its size; none grows past max_body (a
+            // piece already larger may be rewritten, not grown).
+            let grown = body.len() - (end - start) + data.len();
+            if (fixed && data.len() != end - start) || (grown > body.len() && grown > max_body) {
                 return Ok(BAD_ARGUMENT);
             }
             body.splice(start..end, data);

@@ -645,9 +645,6 @@ impl Wasm {
         let held = &mut state.data[i];
         let mut data = std::mem::take(held);
         data.extend_from_slice(chunk);
-        if data.len() > self.plugin.info.max_body {
-            return Err(Stop::TooLarge);
-        }
         // `on_error: allow` passes on what the guest was given, so keep it until it returns.
         let given = (self.on_error == OnError::Allow).then(|| data.clone());
         let props = entry
@@ -685,6 +682,10 @@ impl Wasm {
         }
         let data = stream.body.map(|(_, d)| d).unwrap_or_default();
         if more && !end {
+            // max_body bounds what is held, not a piece passing through.
+            if data.len() > self.plugin.info.max_body {
+                return Err(Stop::TooLarge);
+            }
             *held = data;
             *chunk = Bytes::new();
         } else {
