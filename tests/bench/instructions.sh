@@ -9,6 +9,8 @@
 #   e.g. tests/bench/instructions.sh 'target/release/portico@fast_path: false' target/release/portico
 #        tests/bench/instructions.sh 'target/release/portico@@filters: [request_id]'
 #   WRK_HEADER='Authorization: Bearer ...' adds a header to every request (a token for jwt).
+#   CALLGRIND_ARGS='--cache-sim=yes' passes options to callgrind (with CALLGRIND_KEEP, the kept
+#   profile's summary line then has the cache misses: I1mr, D1mr, D1mw ...).
 #
 # Each arm: an nginx origin, the binary under callgrind (one worker, no access log), wrk with 8
 # connections; counters zeroed after the warm-up and dumped after the measured run.
@@ -30,7 +32,8 @@ upstreams:
 routes:
   - {path_prefix: /, upstream: web$route}
 Y
-  valgrind --tool=callgrind --callgrind-out-file="$d/cg.%p.out" "$bin" -c "$d/p.yaml" >"$d/log" 2>&1 & vp=$!
+  # shellcheck disable=SC2086
+  valgrind --tool=callgrind ${CALLGRIND_ARGS:-} --callgrind-out-file="$d/cg.%p.out" "$bin" -c "$d/p.yaml" >"$d/log" 2>&1 & vp=$!
   for _ in $(seq 200); do (echo >/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
   hdr=(); [[ -n ${WRK_HEADER:-} ]] && hdr=(-H "$WRK_HEADER")
   wrk -t1 -c8 -d3s "${hdr[@]}" "http://127.0.0.1:$port/" >/dev/null
