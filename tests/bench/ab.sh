@@ -4,8 +4,10 @@
 #
 #   tests/bench/ab.sh ROUNDS BINARY_A BINARY_B      e.g. 4 /tmp/portico-before target/release/portico
 #
-# An arm may add `server` keys after an `@` (flow style), to compare settings of one binary:
+# An arm may add `server` keys after an `@` and route keys after a second `@` (flow style), to
+# compare settings of one binary:
 #   tests/bench/ab.sh 6 'target/release/portico@fast_path: false' target/release/portico
+#   tests/bench/ab.sh 6 target/release/portico 'target/release/portico@@filters: [request_id]'
 #
 # Each run: an nginx origin on CPU 1, the binary on CPU 0 (one worker, no access log), wrk on
 # CPU 1 for 1 s of warm-up and 5 s measured; prints the binary's CPU µs per request and req/s.
@@ -23,19 +25,21 @@ access_log: {format: off}
 upstreams:
   web: {peers: ['127.0.0.1:$origin']}
 routes:
-  - {path_prefix: /, upstream: web}
+  - {path_prefix: /, upstream: web$2}
 Y
 }
 run() {
-  bin=${1%%@*}; extra=""; [[ $1 == *@* ]] && extra=${1#*@}
-  conf "$extra"
+  bin=${1%%@*}; extra=""; route=""; [[ $1 == *@* ]] && extra=${1#*@}
+  [[ $extra == *@* ]] && { route=", ${extra#*@}"; extra=${extra%%@*}; }
+  conf "$extra" "$route"
   taskset -c 0 "$bin" -c "$d/p.yaml" >"$d/log" 2>&1 & pp=$!
   for _ in $(seq 100); do (echo >/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.05; done
   taskset -c 1 wrk -t1 -c32 -d1s "http://127.0.0.1:$port/" >/dev/null
-  t0=$(awk '{print $14+$15}' /proc/$pp/stat)
+  read -r u0 s0 < <(awk '{print $14, $15}' /proc/$pp/stat)
   n=$(taskset -c 1 wrk -t1 -c32 -d5s "http://127.0.0.1:$port/" | awk '/requests in/{print $1}')
-  t1=$(awk '{print $14+$15}' /proc/$pp/stat)
+  read -r u1 s1 < <(awk '{print $14, $15}' /proc/$pp/stat)
   kill $pp; wait $pp 2>/dev/null || true
-  python3 -c "import os; print('$1', round(($t1-$t0)/os.sysconf('SC_CLK_TCK')*1e6/$n, 2), 'us/req', $n//5, 'req/s')"
+  python3 -c "import os; t = 1e6 / os.sysconf('SC_CLK_TCK') / $n
+print('$1', round(($u1-$u0+$s1-$s0)*t, 2), 'us/req (user', str(round(($u1-$u0)*t, 2)) + ')', $n//5, 'req/s')"
 }
 for _ in $(seq "$rounds"); do run "$a"; run "$b"; done

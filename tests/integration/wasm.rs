@@ -173,6 +173,86 @@ async fn a_trap_and_an_endless_loop_get_on_error_while_others_are_served() {
     );
 }
 
+/// `call_timeout` is each call's own: a guest looping for ever on one worker is cut at its 20 ms
+/// while a guest on the other worker that takes 100 ms of its 1 s runs to its end (the
+/// watchdog's interrupt for the first is not the second's), and an idle portico is not woken
+/// a thousand times a second to enforce it.
+#[tokio::test]
+async fn call_timeout_cuts_only_the_call_past_its_own() {
+    let origin = HttpOrigin::start("a").await;
+    let guest = fixture("guest.wat");
+    let routes = format!(
+        "upstreams:\n  app: {{peers: ['{}']}}\nroutes:\n  - {{name: slow, path_prefix: /patient/, upstream: app, filters: [{}]}}\n  - {{name: fast, path_prefix: /, upstream: app, filters: [{}]}}\n",
+        origin.addr,
+        wasm(&guest, ", call_timeout: 1s, name: patient"),
+        wasm(&guest, ", call_timeout: 20ms, name: strict"),
+    );
+    let proxy = Proxy::start_file(|dir, addr| {
+        format!(
+            "server: {{threads: 2, pid_file: '{d}/portico.pid', upgrade_sock: '{d}/upgrade.sock'}}\nlisteners:\n  - address: '{addr}'\n{routes}",
+            d = dir.display()
+        )
+    })
+    .await;
+    for round in 0..3 {
+        // Both at once: each worker takes one connection in turn, so with a few of each, spins
+        // and loops run side by side on both workers.
+        let tasks: Vec<_> = (0..6)
+            .map(|i| {
+                let addr = proxy.addr;
+                tokio::spawn(async move {
+                    let (path, header) = match i % 2 {
+                        0 => ("/patient/x", "X-Spin"),
+                        _ => ("/x", "X-Loop"),
+                    };
+                    let started = std::time::Instant::now();
+                    let r = get(addr, path, &[(header, "1")]).await;
+                    (i, r, started.elapsed())
+                })
+            })
+            .collect();
+        for t in tasks {
+            let (i, r, took) = t.await.unwrap();
+            if i % 2 == 0 {
+                assert_eq!(r.status, 200, "round {round}, spin {i}: {}", r.text());
+                assert_eq!(r.upstream_header("x-wasm"), ["added"]);
+                assert!(took >= std::time::Duration::from_millis(100), "{took:?}");
+            } else {
+                assert_eq!(r.status, 500, "round {round}, loop {i}");
+            }
+        }
+    }
+    assert!(
+        proxy
+            .logs()
+            .contains("wasm strict on route fast: on request headers ran past call_timeout"),
+        "{}",
+        proxy.logs()
+    );
+    // Idle, the watchdog looks every 20 ms (the shortest call_timeout), not every millisecond:
+    // its thread wakes about 25 times in half a second, not 500.
+    let wakes = || {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", proxy.pid())).unwrap();
+        tasks
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("status")).ok())
+            .find(|s| s.starts_with("Name:\tportico-wasm-wa"))
+            .and_then(|s| {
+                let line = s
+                    .lines()
+                    .find(|l| l.starts_with("voluntary_ctxt_switches:"))?;
+                line.split_whitespace().nth(1)?.parse::<u64>().ok()
+            })
+            .expect("the watchdog thread")
+    };
+    let before = wakes();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let woken = wakes() - before;
+    assert!(
+        (5..100).contains(&woken),
+        "the watchdog woke {woken} times in 500 ms"
+    );
+}
+
 /// SIGHUP with a changed module swaps it under load: no request fails, and requests after the
 /// swap see the new module's edits.
 #[tokio::test]

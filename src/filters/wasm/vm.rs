@@ -9,13 +9,13 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, Once, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use wasmtime::{
     Engine, ExternType, InstancePre, Linker, Module, Store, StoreLimitsBuilder, Trap, TypedFunc,
-    ValType,
+    UpdateDeadline, ValType,
 };
 
-/// One epoch tick: the resolution of `call_timeout`.
+/// The finest `call_timeout`: the resolution of the clock deadlines are kept in.
 pub const TICK: Duration = Duration::from_millis(1);
 const ROOT_CONTEXT: i32 = 1;
 
@@ -27,19 +27,64 @@ static ENGINE: LazyLock<Engine> = LazyLock::new(|| {
     Engine::new(&config).expect("the default wasmtime configuration is valid")
 });
 
-/// Ticks the engine's epoch once a millisecond (started with the first plugin): a callback
-/// past its deadline traps at its next loop head or call.
-fn start_ticker() {
+/// Milliseconds since the first call (never 0: 0 is "no call" in a [`Watch`]).
+fn now_ms() -> u64 {
+    static START: LazyLock<Instant> = LazyLock::new(Instant::now);
+    START.elapsed().as_millis() as u64 + 1
+}
+
+/// When the call running on a worker thread must end (ms, [`now_ms`]), or 0 when none runs:
+/// what the watchdog reads.
+type Watch = Arc<AtomicU64>;
+static WATCHES: Mutex<Vec<Weak<AtomicU64>>> = Mutex::new(Vec::new());
+/// The shortest `call_timeout` of any plugin (ms): how often the watchdog looks.
+static SHORTEST: AtomicU64 = AtomicU64::new(u64::MAX);
+
+thread_local! {
+    static WATCH: Watch = {
+        let w = Watch::default();
+        WATCHES.lock().unwrap_or_else(|p| p.into_inner()).push(Arc::downgrade(&w));
+        w
+    };
+}
+
+/// The watchdog (started with the first plugin): it bumps the engine's epoch when a call runs
+/// past its deadline, and the call's store, on seeing the bump, traps if its own deadline has
+/// passed (another thread's call that is still in time goes on). A call shorter than the
+/// shortest `call_timeout` (all of them, nearly always) costs it nothing: it looks every
+/// shortest `call_timeout` (a call it sees is then still in time) and wakes at the deadlines of
+/// the calls it saw, so an idle or busy portico is not woken a thousand times a second.
+fn start_watchdog() {
     static STARTED: Once = Once::new();
     STARTED.call_once(|| {
         let spawned = std::thread::Builder::new()
-            .name("portico-wasm-epoch".into())
+            .name("portico-wasm-watchdog".into())
             .spawn(|| loop {
-                std::thread::sleep(TICK);
-                ENGINE.increment_epoch();
+                let now = now_ms();
+                let mut next = now + SHORTEST.load(Ordering::Relaxed).clamp(1, 1000);
+                let mut due = false;
+                WATCHES
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .retain(|w| {
+                        let Some(w) = w.upgrade() else {
+                            return false;
+                        };
+                        match w.load(Ordering::Relaxed) {
+                            0 => {}
+                            d if d <= now => due = true,
+                            d => next = next.min(d),
+                        }
+                        true
+                    });
+                if due {
+                    ENGINE.increment_epoch();
+                    next = next.min(now + 1);
+                }
+                std::thread::sleep(Duration::from_millis(next - now));
             });
         if let Err(e) = spawned {
-            log::error!("cannot start the wasm epoch thread, call_timeout is not enforced: {e}");
+            log::error!("cannot start the wasm watchdog thread, call_timeout is not enforced: {e}");
         }
     });
 }
@@ -115,7 +160,8 @@ pub struct Plugin {
     pub response_body: bool,
     pre: InstancePre<Host>,
     max_memory: usize,
-    deadline_ticks: u64,
+    /// `call_timeout` in ms.
+    timeout: u64,
 }
 
 /// The exports portico calls, with the types the ABI gives them (wasm32: every pointer,
@@ -263,9 +309,10 @@ impl Plugin {
             response_body: exports.contains_key("proxy_on_response_body"),
             pre,
             max_memory,
-            deadline_ticks: (call_timeout.as_micros() / TICK.as_micros()).max(1) as u64 + 1,
+            timeout: call_timeout.as_millis().max(1) as u64,
         };
-        start_ticker();
+        SHORTEST.fetch_min(plugin.timeout, Ordering::Relaxed);
+        start_watchdog();
         // Started once here: a module that traps or refuses its configuration is refused now.
         Vm::new(&plugin).map_err(|e| vec![format!("does not start: {e}")])?;
         Ok(plugin)
@@ -306,16 +353,21 @@ impl Vm {
             stream: None,
             tick_period_ms: 0,
             last_token: 0,
+            deadline: 0,
             memory: None,
         };
         let mut store = Store::new(&ENGINE, host);
         store.limiter(|h| &mut h.limits);
-        store.epoch_deadline_trap();
+        // Seeing the epoch bumped (by the watchdog, for some call past its deadline): this
+        // call traps if it is past its own, else goes on to the next bump.
+        store.epoch_deadline_callback(|cx| match now_ms() >= cx.data().deadline {
+            true => Ok(UpdateDeadline::Interrupt),
+            false => Ok(UpdateDeadline::Continue(1)),
+        });
         // Starting (a runtime's init, on_vm_start, on_configure) may take longer than a
         // request's callback: a second at least.
-        let deadline = plugin.deadline_ticks.max(1000);
-        store.set_epoch_deadline(deadline);
-        let instance = plugin.pre.instantiate(&mut store).map_err(failure)?;
+        let timeout = plugin.timeout.max(1000);
+        let instance = watched(&mut store, timeout, |store| plugin.pre.instantiate(store))?;
         store.data_mut().memory = instance.get_memory(&mut store, "memory");
         macro_rules! func {
             ($name:expr) => {
@@ -324,8 +376,7 @@ impl Vm {
         }
         for start in ["_initialize", "_start"] {
             if let Ok(f) = instance.get_typed_func::<(), ()>(&mut store, start) {
-                store.set_epoch_deadline(deadline);
-                f.call(&mut store, ()).map_err(failure)?;
+                watched(&mut store, timeout, |store| f.call(store, ()))?;
                 break;
             }
         }
@@ -352,14 +403,12 @@ impl Vm {
                 SERIAL.fetch_add(1, Ordering::Relaxed)
             },
         };
-        vm.call(deadline, |vm| {
+        vm.call(timeout, |vm| {
             vm.context_create.call(&mut vm.store, (ROOT_CONTEXT, 0))
         })?;
         let vm_conf = plugin.info.vm_configuration.len() as i32;
         if let Some(f) = vm_start {
-            let ok = vm.call(deadline, |vm| {
-                f.call(&mut vm.store, (ROOT_CONTEXT, vm_conf))
-            })?;
+            let ok = vm.call(timeout, |vm| f.call(&mut vm.store, (ROOT_CONTEXT, vm_conf)))?;
             if ok == 0 {
                 return Err(Failure::BadReturn(
                     "proxy_on_vm_start returned false".into(),
@@ -368,7 +417,7 @@ impl Vm {
         }
         let conf = plugin.info.configuration.len() as i32;
         if let Some(f) = configure {
-            let ok = vm.call(deadline, |vm| f.call(&mut vm.store, (ROOT_CONTEXT, conf)))?;
+            let ok = vm.call(timeout, |vm| f.call(&mut vm.store, (ROOT_CONTEXT, conf)))?;
             if ok == 0 {
                 return Err(Failure::BadReturn(
                     "proxy_on_configure returned false: the plugin refused its configuration"
@@ -379,26 +428,26 @@ impl Vm {
         Ok(vm)
     }
 
+    /// Runs `f` (a call into the guest) with `timeout` ms to finish.
     fn call<T>(
         &mut self,
-        deadline: u64,
+        timeout: u64,
         f: impl FnOnce(&mut Vm) -> wasmtime::Result<T>,
     ) -> Result<T, Failure> {
-        self.store.set_epoch_deadline(deadline);
-        f(self).map_err(failure)
+        watched(self, timeout, |vm| f(vm))
     }
 
     /// Creates a stream context and runs `proxy_on_request_headers` over `stream`. Returns the
     /// context and the stream as the guest left it.
     pub fn request(
         &mut self,
-        deadline: u64,
+        timeout: u64,
         stream: Box<Stream>,
         end: bool,
     ) -> Result<(i32, Box<Stream>), Failure> {
         let ctx = self.next_context;
         self.next_context = self.next_context.wrapping_add(1).max(ROOT_CONTEXT + 1);
-        self.call(deadline, |vm| {
+        self.call(timeout, |vm| {
             vm.context_create.call(&mut vm.store, (ctx, ROOT_CONTEXT))
         })?;
         self.open.push(ctx);
@@ -406,7 +455,7 @@ impl Vm {
         let count = stream.request.len() as i32 + 4;
         self.store.data_mut().stream = Some(stream);
         let action = match self.request_headers.clone() {
-            Some(f) => self.call(deadline, |vm| {
+            Some(f) => self.call(timeout, |vm| {
                 f.call(&mut vm.store, (ctx, count, end as i32))
             }),
             None => Ok(0),
@@ -419,9 +468,9 @@ impl Vm {
     }
 
     /// `proxy_on_tick` on the root context.
-    pub fn tick(&mut self, deadline: u64) -> Result<(), Failure> {
+    pub fn tick(&mut self, timeout: u64) -> Result<(), Failure> {
         match self.on_tick.clone() {
-            Some(f) => self.call(deadline, |vm| f.call(&mut vm.store, ROOT_CONTEXT)),
+            Some(f) => self.call(timeout, |vm| f.call(&mut vm.store, ROOT_CONTEXT)),
             None => Ok(()),
         }
     }
@@ -430,7 +479,7 @@ impl Vm {
     /// `token`; `Ok(None)` when this VM does not know the context.
     pub fn http_call_response(
         &mut self,
-        deadline: u64,
+        timeout: u64,
         ctx: i32,
         token: u32,
         stream: Box<Stream>,
@@ -447,7 +496,7 @@ impl Vm {
             .as_ref()
             .map_or((0, 0), |(h, b)| (h.len() as i32, b.len() as i32));
         self.store.data_mut().stream = Some(stream);
-        let done = self.call(deadline, |vm| {
+        let done = self.call(timeout, |vm| {
             f.call(&mut vm.store, (ctx, token as i32, headers, body, 0))
         });
         let stream = self.store.data_mut().stream.take();
@@ -459,7 +508,7 @@ impl Vm {
     /// the context (it was replaced after a failure, or the request moved threads).
     pub fn response(
         &mut self,
-        deadline: u64,
+        timeout: u64,
         ctx: i32,
         stream: Box<Stream>,
     ) -> Result<Option<Box<Stream>>, Failure> {
@@ -472,7 +521,7 @@ impl Vm {
         };
         let count = stream.response.as_ref().map_or(0, |(_, f)| f.len() + 1) as i32;
         self.store.data_mut().stream = Some(stream);
-        let action = self.call(deadline, |vm| f.call(&mut vm.store, (ctx, count, 0)));
+        let action = self.call(timeout, |vm| f.call(&mut vm.store, (ctx, count, 0)));
         let stream = self.store.data_mut().stream.take();
         check_action(action?, "proxy_on_response_headers")?;
         Ok(stream)
@@ -484,7 +533,7 @@ impl Vm {
     /// (see [`Vm::response`]) gives the stream back untouched.
     pub fn body(
         &mut self,
-        deadline: u64,
+        timeout: u64,
         ctx: i32,
         stream: Box<Stream>,
         end: bool,
@@ -501,9 +550,7 @@ impl Vm {
         };
         let size = data.len() as i32;
         self.store.data_mut().stream = Some(stream);
-        let action = self.call(deadline, |vm| {
-            f.call(&mut vm.store, (ctx, size, end as i32))
-        });
+        let action = self.call(timeout, |vm| f.call(&mut vm.store, (ctx, size, end as i32)));
         let stream = self.store.data_mut().stream.take();
         let action = action?;
         check_action(action, callback)?;
@@ -515,7 +562,7 @@ impl Vm {
     /// `stream`: made only when the module has one of those callbacks.
     pub fn finish(
         &mut self,
-        deadline: u64,
+        timeout: u64,
         ctx: i32,
         stream: impl FnOnce() -> Box<Stream>,
     ) -> Result<(), Failure> {
@@ -527,22 +574,22 @@ impl Vm {
             return Ok(());
         }
         self.store.data_mut().stream = Some(stream());
-        let result = self.end_callbacks(deadline, ctx);
+        let result = self.end_callbacks(timeout, ctx);
         self.store.data_mut().stream = None;
         result
     }
 }
 
 impl Vm {
-    fn end_callbacks(&mut self, deadline: u64, ctx: i32) -> Result<(), Failure> {
+    fn end_callbacks(&mut self, timeout: u64, ctx: i32) -> Result<(), Failure> {
         if let Some(f) = self.on_log.clone() {
-            self.call(deadline, |vm| f.call(&mut vm.store, ctx))?;
+            self.call(timeout, |vm| f.call(&mut vm.store, ctx))?;
         }
         if let Some(f) = self.on_done.clone() {
-            self.call(deadline, |vm| f.call(&mut vm.store, ctx))?;
+            self.call(timeout, |vm| f.call(&mut vm.store, ctx))?;
         }
         if let Some(f) = self.on_delete.clone() {
-            self.call(deadline, |vm| f.call(&mut vm.store, ctx))?;
+            self.call(timeout, |vm| f.call(&mut vm.store, ctx))?;
         }
         Ok(())
     }
@@ -555,6 +602,39 @@ fn check_action(action: i32, callback: &str) -> Result<(), Failure> {
         other => Err(Failure::BadReturn(format!(
             "{callback} returned {other}, not an action"
         ))),
+    }
+}
+
+/// Runs `f` (a call into the guest of `on`'s store) with `timeout` ms to finish: the deadline
+/// in the store (for its epoch callback) and in the thread's [`Watch`] (for the watchdog).
+fn watched<S: HasStore, T>(
+    on: &mut S,
+    timeout: u64,
+    f: impl FnOnce(&mut S) -> wasmtime::Result<T>,
+) -> Result<T, Failure> {
+    let deadline = now_ms() + timeout;
+    let store = on.store();
+    store.data_mut().deadline = deadline;
+    store.set_epoch_deadline(1);
+    WATCH.with(|w| w.store(deadline, Ordering::Relaxed));
+    let result = f(on);
+    WATCH.with(|w| w.store(0, Ordering::Relaxed));
+    result.map_err(failure)
+}
+
+trait HasStore {
+    fn store(&mut self) -> &mut Store<Host>;
+}
+
+impl HasStore for Store<Host> {
+    fn store(&mut self) -> &mut Store<Host> {
+        self
+    }
+}
+
+impl HasStore for Vm {
+    fn store(&mut self) -> &mut Store<Host> {
+        &mut self.store
     }
 }
 
@@ -585,7 +665,7 @@ impl Plugin {
                 vms.insert(self.id, (Arc::downgrade(&self.info), vm));
             }
             let (_, vm) = vms.get_mut(&self.id).expect("inserted above");
-            let result = f(vm, self.deadline_ticks);
+            let result = f(vm, self.timeout);
             if result.is_err() {
                 vms.remove(&self.id);
             }
@@ -611,7 +691,7 @@ impl Plugin {
             let Some((_, vm)) = found else {
                 return Ok(false);
             };
-            let result = f(vm, self.deadline_ticks);
+            let result = f(vm, self.timeout);
             if result.is_err() {
                 vms.remove(&self.id);
             }
