@@ -34,7 +34,7 @@ use log::warn;
 use pingora::connectors::TransportConnector;
 use pingora::http::{RequestHeader, ResponseHeader};
 use serde::Deserialize;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::thread::ThreadId;
 use std::time::{Duration, Instant};
@@ -197,7 +197,9 @@ struct Entry {
     request_edits: Vec<Edit>,
     /// The request's fields as the guest left them, for its later callbacks to read.
     request: Arc<stream::Fields>,
-    props: Mutex<Props>,
+    props: Arc<Props>,
+    /// The response's status once it came (0 before).
+    response_code: AtomicU16,
     /// What the guest held back of each body so far.
     held: Mutex<Held>,
 }
@@ -218,10 +220,7 @@ impl Drop for Entry {
         if std::thread::current().id() != self.thread {
             return;
         }
-        let stream = || {
-            let props = std::mem::take(&mut *self.props.lock().unwrap_or_else(|p| p.into_inner()));
-            Box::new(self.later(props))
-        };
+        let stream = || Box::new(self.later());
         let ctx = self.ctx;
         if let Err(e) = self
             .plugin
@@ -237,11 +236,13 @@ impl Drop for Entry {
 
 impl Entry {
     /// The stream a callback after the request phase sees: the request's fields as the guest
-    /// left them (read only) and `props`.
-    fn later(&self, props: Props) -> Stream {
+    /// left them (read only), its properties and the response's status if it came.
+    fn later(&self) -> Stream {
+        let code = self.response_code.load(Ordering::Relaxed);
         Stream {
             request: Arc::clone(&self.request),
-            ..Stream::bare(props)
+            response_code: (code != 0).then_some(code),
+            ..Stream::bare(Arc::clone(&self.props))
         }
     }
 }
@@ -317,7 +318,6 @@ fn props(req: &Request<'_>) -> Props {
         source: Some(req.client.ip),
         route: req.route.to_owned(),
         upstream: req.upstream().unwrap_or_default().to_owned(),
-        response_code: None,
     }
 }
 
@@ -352,7 +352,7 @@ impl Wasm {
     /// `proxy_on_request_headers` in a new stream context: the context and the stream as the
     /// guest left it, or the flow `on_error` gives.
     fn start(&self, req: &Request<'_>) -> Result<(i32, Box<Stream>), Flow> {
-        let stream = Box::new(Stream::new(req.head, props(req)));
+        let stream = Box::new(Stream::new(req.head, Arc::new(props(req))));
         // No body follows the head (one pass over the few fields: cheaper than two lookups).
         let end = !req
             .head
@@ -379,7 +379,8 @@ impl Wasm {
             thread: std::thread::current().id(),
             request_edits: stream.request_edits,
             request: stream.request,
-            props: Mutex::new(stream.props),
+            props: stream.props,
+            response_code: AtomicU16::new(0),
             held: Mutex::new(Held {
                 fixed: [fixed, false],
                 ..Held::default()
@@ -647,15 +648,10 @@ impl Wasm {
         data.extend_from_slice(chunk);
         // `on_error: allow` passes on what the guest was given, so keep it until it returns.
         let given = (self.on_error == OnError::Allow).then(|| data.clone());
-        let props = entry
-            .props
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
         let mut slot = Some(Box::new(Stream {
             body: Some((which, data)),
             body_fixed: fixed,
-            ..entry.later(props)
+            ..entry.later()
         }));
         let ran = self
             .plugin
@@ -706,14 +702,12 @@ impl Wasm {
 impl Wasm {
     /// `proxy_on_response_headers`, its edits replayed on `resp`.
     fn response_headers(&self, entry: &Entry, resp: &mut ResponseHeader, cx: &Exchange<'_>) {
-        let props = {
-            let mut props = entry.props.lock().unwrap_or_else(|p| p.into_inner());
-            props.response_code = Some(resp.status.as_u16());
-            props.clone()
-        };
+        entry
+            .response_code
+            .store(resp.status.as_u16(), Ordering::Relaxed);
         let stream = Box::new(Stream {
             response: Some(Stream::response_from(resp)),
-            ..entry.later(props)
+            ..entry.later()
         });
         match self
             .plugin

@@ -56,8 +56,8 @@ pub enum Edit {
     SetAll(Fields),
 }
 
-/// A request's facts, for `proxy_get_property`.
-#[derive(Debug, Clone, Default)]
+/// A request's facts, for `proxy_get_property`: made once, shared by its callbacks.
+#[derive(Debug, Default)]
 pub struct Props {
     pub path: String,
     pub method: String,
@@ -68,7 +68,6 @@ pub struct Props {
     pub source: Option<std::net::IpAddr>,
     pub route: String,
     pub upstream: String,
-    pub response_code: Option<u16>,
 }
 
 pub struct Stream {
@@ -80,7 +79,9 @@ pub struct Stream {
     pub response: Option<(http::StatusCode, Fields)>,
     pub request_edits: Vec<Edit>,
     pub response_edits: Vec<Edit>,
-    pub props: Props,
+    pub props: Arc<Props>,
+    /// The response's status, once it came.
+    pub response_code: Option<u16>,
     /// `proxy_send_local_response`: status, headers, body.
     pub local: Option<Local>,
     /// `proxy_http_call`s made in the last callback, to be sent.
@@ -149,7 +150,7 @@ fn apply(fields: &mut Fields, e: &Edit) -> bool {
 
 impl Stream {
     /// A stream with no headers (the end of a request).
-    pub fn bare(props: Props) -> Stream {
+    pub fn bare(props: Arc<Props>) -> Stream {
         Stream {
             request: Arc::default(),
             request_open: false,
@@ -157,6 +158,7 @@ impl Stream {
             request_edits: Vec::new(),
             response_edits: Vec::new(),
             props,
+            response_code: None,
             local: None,
             calls: Vec::new(),
             call_response: None,
@@ -166,7 +168,7 @@ impl Stream {
     }
 
     /// The request phase's stream: the head's fields, open to edits.
-    pub fn new(head: &RequestHeader, props: Props) -> Stream {
+    pub fn new(head: &RequestHeader, props: Arc<Props>) -> Stream {
         Stream {
             request: Arc::new(fields_of(&head.headers)),
             request_open: true,
@@ -241,7 +243,9 @@ impl Stream {
             [b"source", b"address"] => p.source.map(|ip| ip.to_string().into_bytes()),
             [b"route_name"] => text(&p.route),
             [b"cluster_name"] => text(&p.upstream),
-            [b"response", b"code"] => p.response_code.map(|c| i64::from(c).to_le_bytes().to_vec()),
+            [b"response", b"code"] => self
+                .response_code
+                .map(|c| i64::from(c).to_le_bytes().to_vec()),
             _ => None,
         }
     }

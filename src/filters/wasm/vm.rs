@@ -638,10 +638,20 @@ impl HasStore for Vm {
     }
 }
 
+/// A thread's VMs: a few (one per plugin a route uses), found by a scan, not a hash.
+#[derive(Default)]
+struct Vms(Vec<(u64, Weak<PluginInfo>, Vm)>);
+
+impl Vms {
+    fn find(&mut self, id: u64) -> Option<usize> {
+        self.0.iter().position(|(i, _, _)| *i == id)
+    }
+}
+
 thread_local! {
     /// This thread's VMs, by plugin id (with the plugin's info, to forget VMs of plugins a
     /// reload dropped).
-    static VMS: RefCell<HashMap<u64, (Weak<PluginInfo>, Vm)>> = RefCell::new(HashMap::new());
+    static VMS: RefCell<Vms> = RefCell::default();
 }
 
 impl Plugin {
@@ -651,23 +661,26 @@ impl Plugin {
         self: &Arc<Self>,
         f: impl FnOnce(&mut Vm, u64) -> Result<T, Failure>,
     ) -> Result<Option<T>, Failure> {
-        let run = |vms: &RefCell<HashMap<u64, (Weak<PluginInfo>, Vm)>>| {
+        let run = |vms: &RefCell<Vms>| {
             let Ok(mut vms) = vms.try_borrow_mut() else {
                 return Ok(None);
             };
-            if !vms.contains_key(&self.id) {
-                vms.retain(|_, (info, _)| info.strong_count() > 0);
-                let vm = Vm::new(self)?;
-                let period = vm.store.data().tick_period_ms;
-                if period > 0 {
-                    start_ticks(Arc::downgrade(self), vm.serial, period);
+            let at = match vms.find(self.id) {
+                Some(at) => at,
+                None => {
+                    vms.0.retain(|(_, info, _)| info.strong_count() > 0);
+                    let vm = Vm::new(self)?;
+                    let period = vm.store.data().tick_period_ms;
+                    if period > 0 {
+                        start_ticks(Arc::downgrade(self), vm.serial, period);
+                    }
+                    vms.0.push((self.id, Arc::downgrade(&self.info), vm));
+                    vms.0.len() - 1
                 }
-                vms.insert(self.id, (Arc::downgrade(&self.info), vm));
-            }
-            let (_, vm) = vms.get_mut(&self.id).expect("inserted above");
-            let result = f(vm, self.timeout);
+            };
+            let result = f(&mut vms.0[at].2, self.timeout);
             if result.is_err() {
-                vms.remove(&self.id);
+                vms.0.swap_remove(at);
             }
             result.map(Some)
         };
@@ -681,19 +694,19 @@ impl Plugin {
         serial: Option<u64>,
         f: impl FnOnce(&mut Vm, u64) -> Result<(), Failure>,
     ) -> Result<bool, Failure> {
-        let run = |vms: &RefCell<HashMap<u64, (Weak<PluginInfo>, Vm)>>| {
+        let run = |vms: &RefCell<Vms>| {
             let Ok(mut vms) = vms.try_borrow_mut() else {
                 return Ok(false);
             };
             let found = vms
-                .get_mut(&self.id)
-                .filter(|(_, vm)| serial.is_none_or(|s| vm.serial == s));
-            let Some((_, vm)) = found else {
+                .find(self.id)
+                .filter(|at| serial.is_none_or(|s| vms.0[*at].2.serial == s));
+            let Some(at) = found else {
                 return Ok(false);
             };
-            let result = f(vm, self.timeout);
+            let result = f(&mut vms.0[at].2, self.timeout);
             if result.is_err() {
-                vms.remove(&self.id);
+                vms.0.swap_remove(at);
             }
             result.map(|()| true)
         };
