@@ -93,10 +93,12 @@ fuzz: deps fuzz-tools
 			-max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=4096 -print_final_stats=1) || exit 1; \
 	done
 
-## bench: portico, nginx and HAProxy side by side on loopback (installs them and wrk if missing)
+## bench: portico, nginx and HAProxy side by side on loopback, plain HTTP/1, WebSockets, HTTPS,
+## TLS handshakes and HTTP/2 (installs them, wrk and h2load if missing)
 bench: deps
-	@command -v nginx >/dev/null && command -v haproxy >/dev/null && command -v wrk >/dev/null || \
-		{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq nginx-light haproxy wrk; }
+	@command -v nginx >/dev/null && command -v haproxy >/dev/null && command -v wrk >/dev/null && \
+		command -v h2load >/dev/null && command -v openssl >/dev/null || \
+		{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq nginx-light haproxy wrk nghttp2-client openssl; }
 	cargo build --release --bin portico --example demo_origins --example bare_pingora
 	BARE_PINGORA=target/release/examples/bare_pingora BENCH_README=docs/performance.md \
 		python3 tests/bench/bench.py target/release/portico target/release/examples/demo_origins
