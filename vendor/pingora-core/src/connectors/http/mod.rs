@@ -83,7 +83,7 @@ where
                 return Ok((HttpSession::H1(h1), true));
             }
             // Step 3: Try and create a new Custom session
-            let (connection, reused) = self.custom.get_http_session(peer).await?;
+            let (connection, reused) = Box::pin(self.custom.get_http_session(peer)).await?;
             // We create the Connector before TLS, so we need to make sure that the server also supports the same custom protocol
             match connection {
                 Connection::Session(s) => {
@@ -107,7 +107,13 @@ where
             .get_peer_options()
             .is_none_or(|o| o.alpn.get_max_http_version() == 1);
         if h1_only {
-            let (h1, reused) = self.h1.get_http_session(peer).await?;
+            // The pool first, in a small future; connecting (most of this future's size,
+            // about 8 KiB, and rare with a warm pool) is boxed, so that every caller's future
+            // does not carry it (and copy it whole whenever it is boxed).
+            if let Some(h1) = self.h1.reused_http_session(peer).await {
+                return Ok((HttpSession::H1(h1), true));
+            }
+            let (h1, reused) = Box::pin(self.h1.get_http_session(peer)).await?;
             Ok((HttpSession::H1(h1), reused))
         } else {
             // the peer allows h2, we first check the h2 reuse pool
@@ -127,7 +133,7 @@ where
                     return Ok((HttpSession::H1(h1), true));
                 }
             }
-            let session = self.h2.new_http_session(peer).await?;
+            let session = Box::pin(self.h2.new_http_session(peer)).await?;
             Ok((session, false))
         }
     }
