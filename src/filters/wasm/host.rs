@@ -159,6 +159,16 @@ fn write(cx: &mut Cx<'_>, ptr: i32, bytes: &[u8]) -> bool {
     }
 }
 
+/// A host function's status after writing its results: `BAD_ARGUMENT` when the guest gave a
+/// place outside its memory.
+fn status(written: bool) -> i32 {
+    if written {
+        OK
+    } else {
+        BAD_ARGUMENT
+    }
+}
+
 fn write_u32(cx: &mut Cx<'_>, ptr: i32, v: u32) -> bool {
     write(cx, ptr, &v.to_le_bytes())
 }
@@ -180,7 +190,7 @@ fn give(cx: &mut Cx<'_>, bytes: &[u8], ret_ptr: i32, ret_len: i32) -> R {
     let ok = write(cx, at, bytes)
         && write_u32(cx, ret_ptr, at as u32)
         && write_u32(cx, ret_len, bytes.len() as u32);
-    Ok(if ok { OK } else { BAD_ARGUMENT })
+    Ok(status(ok))
 }
 
 /// A metric a guest defined: one per plugin name, kind and metric name, shared by its VMs.
@@ -336,11 +346,7 @@ pub fn link(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
                 log::LevelFilter::Warn => 3,
                 _ => 4,
             };
-            Ok(if write_u32(&mut cx, ret, level) {
-                OK
-            } else {
-                BAD_ARGUMENT
-            })
+            Ok(status(write_u32(&mut cx, ret, level)))
         },
     )?;
     linker.func_wrap(
@@ -350,11 +356,7 @@ pub fn link(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
             let now = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos() as u64);
-            Ok(if write(&mut cx, ret, &now.to_le_bytes()) {
-                OK
-            } else {
-                BAD_ARGUMENT
-            })
+            Ok(status(write(&mut cx, ret, &now.to_le_bytes())))
         },
     )?;
     linker.func_wrap(
@@ -438,7 +440,7 @@ pub fn link(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
                 return Ok(NOT_FOUND);
             };
             let ok = write_u32(&mut cx, ret_len, len as u32) && write_u32(&mut cx, ret_flags, 0);
-            Ok(if ok { OK } else { BAD_ARGUMENT })
+            Ok(status(ok))
         },
     )?;
     linker.func_wrap(
@@ -453,11 +455,7 @@ pub fn link(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
                 Ok(id) => id,
                 Err(status) => return Ok(status),
             };
-            Ok(if write_u32(&mut cx, ret_id, id) {
-                OK
-            } else {
-                BAD_ARGUMENT
-            })
+            Ok(status(write_u32(&mut cx, ret_id, id)))
         },
     )?;
     // As Envoy: increment adds to a counter (not below zero) or a gauge; record adds to a
@@ -534,11 +532,7 @@ pub fn link(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
             let Some(size) = with_map(&mut cx, map, encoded_len) else {
                 return Ok(NOT_FOUND);
             };
-            Ok(if write_u32(&mut cx, ret, size as u32) {
-                OK
-            } else {
-                BAD_ARGUMENT
-            })
+            Ok(status(write_u32(&mut cx, ret, size as u32)))
         },
     )?;
     linker.func_wrap(
@@ -748,11 +742,7 @@ pub fn link(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
                 timeout: std::time::Duration::from_millis(u64::from(timeout_ms as u32)),
             });
             cx.data_mut().last_token = token;
-            Ok(if write_u32(&mut cx, ret, token) {
-                OK
-            } else {
-                BAD_ARGUMENT
-            })
+            Ok(status(write_u32(&mut cx, ret, token)))
         },
     )?;
     unimplemented(linker)?;
@@ -963,11 +953,7 @@ fn edit(cx: &mut Cx<'_>, map: i32, e: Edit) -> i32 {
         REQUEST_HEADERS | RESPONSE_HEADERS => return BAD_ARGUMENT,
         _ => return NOT_FOUND,
     };
-    if result {
-        OK
-    } else {
-        BAD_ARGUMENT
-    }
+    status(result)
 }
 
 /// A property by its path (segments as Envoy names them).
