@@ -62,8 +62,6 @@ pub struct Host {
     pub tick_period_ms: u32,
     /// The last `proxy_http_call` token given.
     pub last_token: u32,
-    /// When the running call must end (ms on the watchdog's clock).
-    pub deadline: u64,
     /// The guest's exported memory (looked up once, not on every access).
     pub memory: Option<Memory>,
 }

@@ -35,9 +35,9 @@ use pingora::connectors::TransportConnector;
 use pingora::http::{RequestHeader, ResponseHeader};
 use serde::Deserialize;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, Mutex};
 use std::thread::ThreadId;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use stream::{Body, Call, Edit, Props, Stream};
 use vm::{Failure, Plugin};
 
@@ -260,8 +260,6 @@ impl Entries {
     }
 }
 
-static STARTED: LazyLock<Instant> = LazyLock::new(Instant::now);
-
 impl Wasm {
     /// Counts and logs (once a second at most) a failure; the answer `on_error` gives.
     fn failed(&self, route: &str, phase: &str, e: &Failure) -> Flow {
@@ -269,7 +267,7 @@ impl Wasm {
             .filter_errors
             .with_label_values(&[route, self.label.as_str()])
             .inc();
-        let now = STARTED.elapsed().as_millis() as u64 + 1;
+        let now = vm::now_ms();
         let last = self.last_logged.load(Ordering::Relaxed);
         if (last == 0 || now.saturating_sub(last) >= 1000)
             && self

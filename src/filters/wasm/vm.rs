@@ -28,7 +28,7 @@ static ENGINE: LazyLock<Engine> = LazyLock::new(|| {
 });
 
 /// Milliseconds since the first call (never 0: 0 is "no call" in a [`Watch`]).
-fn now_ms() -> u64 {
+pub fn now_ms() -> u64 {
     static START: LazyLock<Instant> = LazyLock::new(Instant::now);
     START.elapsed().as_millis() as u64 + 1
 }
@@ -353,16 +353,18 @@ impl Vm {
             stream: None,
             tick_period_ms: 0,
             last_token: 0,
-            deadline: 0,
             memory: None,
         };
         let mut store = Store::new(&ENGINE, host);
         store.limiter(|h| &mut h.limits);
         // Seeing the epoch bumped (by the watchdog, for some call past its deadline): this
-        // call traps if it is past its own, else goes on to the next bump.
-        store.epoch_deadline_callback(|cx| match now_ms() >= cx.data().deadline {
-            true => Ok(UpdateDeadline::Interrupt),
-            false => Ok(UpdateDeadline::Continue(1)),
+        // call (it runs on this thread) traps if it is past its own, else goes on to the next
+        // bump.
+        store.epoch_deadline_callback(|_| {
+            match now_ms() >= WATCH.with(|w| w.load(Ordering::Relaxed)) {
+                true => Ok(UpdateDeadline::Interrupt),
+                false => Ok(UpdateDeadline::Continue(1)),
+            }
         });
         // Starting (a runtime's init, on_vm_start, on_configure) may take longer than a
         // request's callback: a second at least.
@@ -606,16 +608,14 @@ fn check_action(action: i32, callback: &str) -> Result<(), Failure> {
 }
 
 /// Runs `f` (a call into the guest of `on`'s store) with `timeout` ms to finish: the deadline
-/// in the store (for its epoch callback) and in the thread's [`Watch`] (for the watchdog).
+/// in the thread's [`Watch`], read by the watchdog and by the store's epoch callback.
 fn watched<S: HasStore, T>(
     on: &mut S,
     timeout: u64,
     f: impl FnOnce(&mut S) -> wasmtime::Result<T>,
 ) -> Result<T, Failure> {
     let deadline = now_ms() + timeout;
-    let store = on.store();
-    store.data_mut().deadline = deadline;
-    store.set_epoch_deadline(1);
+    on.store().set_epoch_deadline(1);
     WATCH.with(|w| w.store(deadline, Ordering::Relaxed));
     let result = f(on);
     WATCH.with(|w| w.store(0, Ordering::Relaxed));
