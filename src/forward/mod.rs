@@ -44,7 +44,21 @@ pub(crate) fn rewrite(session: &Session, req: &mut RequestHeader, ctx: &RequestC
         tls: ctx.tls,
         host: ctx.view.authority.as_ref(),
     };
-    request::rewrite(req, ctx.route().expect("routed"), &exchange, &forwarded)
+    request::rewrite(req, ctx.route().expect("routed"), &exchange, &forwarded)?;
+    if !req.headers.contains_key(header::HOST) {
+        // HTTP/1.0 allows a request without Host; the HTTP/1.1 a peer gets must have one (RFC
+        // 9112 3.2). The name portico connects to, as nginx sends its `proxy_pass` host: the
+        // peer's TLS name, else its address. (An HTTP/1.1 request without Host never gets here:
+        // Pingora answers it 400.)
+        if let Some(peer) = ctx.attempts.peer() {
+            let host = match peer.template.sni.as_str() {
+                "" => peer.addr.to_string(),
+                sni => sni.to_owned(),
+            };
+            req.insert_header(header::HOST, host)?;
+        }
+    }
+    Ok(())
 }
 
 /// A request portico forwards with its own loop ([`plain`]): HTTP/1 from the client, no body,

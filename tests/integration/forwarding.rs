@@ -507,3 +507,65 @@ async fn a_peer_that_never_accepts_is_a_504_after_connect_timeout() {
     }
     drop(socket);
 }
+
+/// An origin as strict as nginx about Host: an HTTP/1.1 request without exactly one Host field
+/// is a 400 (RFC 9112 3.2); else 200 with the request line and the Host it got as the body.
+async fn strict_about_host(mut s: TcpStream) {
+    while let Some(head) = read_head(&mut s).await {
+        let head = String::from_utf8_lossy(&head).into_owned();
+        let line = head.lines().next().unwrap_or_default().to_owned();
+        let hosts: Vec<&str> = head
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .filter(|(name, _)| name.eq_ignore_ascii_case("host"))
+            .map(|(_, value)| value.trim())
+            .collect();
+        let answer = match (line.ends_with("HTTP/1.1"), hosts.as_slice()) {
+            (true, [host]) => format!("{line} {host}"),
+            (true, _) => {
+                let bad = s.write_all(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n");
+                bad.await.unwrap();
+                continue;
+            }
+            (false, _) => format!("{line} -"),
+        };
+        let ok = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{answer}",
+            answer.len()
+        );
+        s.write_all(ok.as_bytes()).await.unwrap();
+    }
+}
+
+/// HTTP/1.0 allows a request without Host; HTTP/1.1, which portico speaks to its peers, does
+/// not, and strict origins (nginx) refuse one without it. A malicious or ancient client sends
+/// `GET / HTTP/1.0` with no Host: the peer gets its own address as Host, the name portico
+/// connected to (as nginx sends its `proxy_pass` host), by both loops. An HTTP/1.1 request
+/// without Host is the client's error: 400 from portico, and the peer never sees it.
+#[tokio::test]
+async fn an_http10_request_without_host_reaches_the_peer_with_one() {
+    let (addr, accepted) = scripted(strict_about_host).await;
+    for server in LOOPS {
+        let proxy = Proxy::start_with_server(server, &one_route(addr)).await;
+        for raw in [
+            "GET /x HTTP/1.0\r\n\r\n",
+            "GET /x HTTP/1.0\r\nUser-Agent: old\r\n\r\n",
+            // Not plain (a hop-by-hop field): Pingora's loop under either setting.
+            "GET /x HTTP/1.0\r\nConnection: X-Private\r\nX-Private: 1\r\n\r\n",
+        ] {
+            let r = send(proxy.addr, None, raw).await;
+            assert_eq!(
+                (r.status, r.text()),
+                (200, format!("GET /x HTTP/1.1 {addr}")),
+                "{server}: {raw:?}"
+            );
+        }
+        // With a Host, it is the client's.
+        let r = send(proxy.addr, None, "GET /x HTTP/1.0\r\nHost: a.test\r\n\r\n").await;
+        assert_eq!(r.text(), "GET /x HTTP/1.1 a.test", "{server}");
+        let before = accepted.load(Ordering::SeqCst);
+        let r = send(proxy.addr, None, "GET /x HTTP/1.1\r\n\r\n").await;
+        assert_eq!(r.status, 400, "{server}");
+        assert_eq!(accepted.load(Ordering::SeqCst), before, "{server}");
+    }
+}
