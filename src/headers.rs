@@ -198,6 +198,15 @@ pub fn is_plain(req: &RequestHeader) -> bool {
             .all(|t| t.eq_ignore_ascii_case(b"keep-alive") || t.eq_ignore_ascii_case(b"close"))
 }
 
+/// The same for an HTTP/2 request head: an origin-form `:path` (not CONNECT's authority) and
+/// none of the `NOT_PLAIN` fields nor `Connection` (the h2 codec refuses most of them, but `TE:
+/// trailers` is allowed). `Host` comes from `:authority` (`request::rewrite`).
+pub fn is_plain_h2(req: &RequestHeader) -> bool {
+    req.raw_path().first() == Some(&b'/')
+        && !req.headers.contains_key(http::header::CONNECTION)
+        && NOT_PLAIN.iter().all(|name| !req.headers.contains_key(name))
+}
+
 /// The comma-separated tokens of every `name` field, trimmed, empty ones skipped
 /// (`Connection: keep-alive, Upgrade`), as bytes: a value need not be text.
 pub fn tokens(headers: &HeaderMap, name: HeaderName) -> impl Iterator<Item = &[u8]> {

@@ -79,7 +79,7 @@ pub struct ServerSection {
     /// Added key: let worker threads steal each other's tasks (tokio's scheduler). Default
     /// false: a connection stays on the thread that accepted it, which costs less per request.
     pub work_stealing: Option<bool>,
-    /// Added key: plain requests (HTTP/1, no body, no hop-by-hop fields) take portico's own
+    /// Added key: plain requests (HTTP/1 or 2, no body, no hop-by-hop fields) take portico's own
     /// forwarding loop; false sends every request through Pingora's. Default true.
     pub fast_path: Option<bool>,
 }

@@ -61,12 +61,15 @@ pub(crate) fn rewrite(session: &Session, req: &mut RequestHeader, ctx: &RequestC
     Ok(())
 }
 
-/// A request portico forwards with its own loop ([`plain`]): HTTP/1 from the client, no body,
-/// and a plain head (`headers::is_plain`).
+/// A request portico forwards with its own loop ([`plain`]): no body, and a plain head
+/// (`headers::is_plain` from an HTTP/1 client, `headers::is_plain_h2` from an HTTP/2 one).
 pub(crate) fn is_plain(session: &mut Session) -> bool {
-    !session.as_downstream().is_http2()
-        && headers::is_plain(session.req_header())
-        && session.as_downstream_mut().is_body_empty()
+    let req = session.req_header();
+    let plain = match session.as_downstream().is_http2() {
+        true => headers::is_plain_h2(req),
+        false => headers::is_plain(req),
+    };
+    plain && session.as_downstream_mut().is_body_empty()
 }
 
 /// The request head for the peer, through the same hook Pingora's loop calls.
@@ -94,9 +97,10 @@ async fn upstream_head<P: Hooks>(
 /// `upstream_request_filter`, `upstream_response_filter`, `response_filter`, for interim
 /// answers too), asks the same [`Attempts`] about every retry, and times each read and write
 /// by the peer's timeouts as Pingora does. A close-delimited body is re-framed as chunked so
-/// the client keeps its connection; errors are answered by Pingora (`error_status` before the
-/// response started; a cut connection after). tests/integration/forwarding.rs runs every
-/// case against both loops.
+/// an HTTP/1 client keeps its connection (an HTTP/2 client's DATA frames need no framing);
+/// errors are answered by Pingora (`error_status` before the response started; a cut
+/// connection or a reset stream after). tests/integration/forwarding.rs and http2.rs run
+/// every case against both loops.
 pub(crate) async fn plain<P: Hooks>(
     proxy: &P,
     connector: &TransportConnector,
@@ -105,9 +109,9 @@ pub(crate) async fn plain<P: Hooks>(
 ) -> Result<bool> {
     let group = Arc::clone(ctx.group().expect("routed"));
     let group = &group;
-    let mut req = Some(upstream_head(proxy, session, ctx).await?);
-
+    // The peer first, as in Pingora's loop: the head may name it (`rewrite`).
     let mut peer = next_peer(ctx, group)?;
+    let mut req = Some(upstream_head(proxy, session, ctx).await?);
     let mut fresh = false; // a pooled connection failed: the next one is new
     let mut upstream = loop {
         let pooled = match fresh {

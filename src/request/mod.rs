@@ -48,7 +48,11 @@ pub fn rewrite(
         req.set_raw_path(target.as_bytes())
             .or_err(InternalError, "the canonical request target")?;
     }
-    if let (true, Some(authority)) = (view.absolute_form, &view.authority) {
+    // The host the request was judged on is the one the peer reads: an absolute-form target's
+    // authority, or HTTP/2's `:authority`, replaces any `Host` (as Pingora's loop does for
+    // HTTP/2, before this runs).
+    let named_by_target = view.absolute_form || req.uri.authority().is_some();
+    if let (true, Some(authority)) = (named_by_target, &view.authority) {
         req.insert_header(http::header::HOST, authority.clone())?;
     }
     route.chain.upstream_request(req, exchange);

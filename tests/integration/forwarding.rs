@@ -568,4 +568,18 @@ async fn an_http10_request_without_host_reaches_the_peer_with_one() {
         assert_eq!(r.status, 400, "{server}");
         assert_eq!(accepted.load(Ordering::SeqCst), before, "{server}");
     }
+    // A route that removes Host: the peer still gets one (a plain request: both loops).
+    let routes = format!(
+        "upstreams:\n  app: {{peers: ['{addr}']}}\nroutes:\n  - {{upstream: app, request_headers: {{remove: [Host]}}}}\n"
+    );
+    for server in LOOPS {
+        let proxy = Proxy::start_with_server(server, &routes).await;
+        let r = send(
+            proxy.addr,
+            None,
+            "GET /x HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert_eq!(r.text(), format!("GET /x HTTP/1.1 {addr}"), "{server}");
+    }
 }

@@ -15,6 +15,7 @@ mod filters;
 mod forwarding;
 mod headers;
 mod hostile;
+mod http2;
 mod lifecycle;
 mod limits;
 mod observability;

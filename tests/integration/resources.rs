@@ -4,7 +4,7 @@
 
 use crate::harness::*;
 use crate::origins::{HttpOrigin, WsOrigin};
-use crate::tls::{tls_addr, wait_listening, TestPki};
+use crate::tls::{h2_client, tls_proxy_with, TestPki};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -192,22 +192,6 @@ async fn the_open_files_limit_is_raised_at_start() {
     );
 }
 
-async fn tls_proxy(pki: &TestPki, server: &str, body: &str) -> (Proxy, SocketAddr) {
-    let proxy = Proxy::start_with_server(
-        server,
-        &format!(
-            "  - address: '{}'\n    tls: {{certificates: [{{cert: '{}', key: '{}'}}]}}\n{body}",
-            proxy_addr(),
-            pki.cert.display(),
-            pki.key.display()
-        ),
-    )
-    .await;
-    let addr = tls_addr(&proxy);
-    wait_listening(addr).await;
-    (proxy, addr)
-}
-
 /// How long until the server closes `s` (reads until EOF or an error), at most `limit`.
 async fn closed_within<S: AsyncReadExt + Unpin>(s: &mut S, limit: Duration) -> Option<Duration> {
     let started = Instant::now();
@@ -233,7 +217,7 @@ async fn a_tls_hello_must_arrive_within_the_header_timeout() {
     let dir = tempfile::tempdir().unwrap();
     let pki = TestPki::new(dir.path(), &["localhost"]);
     let origin = HttpOrigin::start("a").await;
-    let (_proxy, addr) = tls_proxy(&pki, "header_timeout: 1s", &one_route(origin.addr)).await;
+    let (_proxy, addr) = tls_proxy_with(&pki, "header_timeout: 1s", &one_route(origin.addr)).await;
 
     let mut silent = connect(addr, None).await;
     let mut trickle = connect(addr, None).await;
@@ -279,26 +263,14 @@ async fn idle_http2_connections_are_closed_after_the_keepalive_timeout() {
     let dir = tempfile::tempdir().unwrap();
     let pki = TestPki::new(dir.path(), &["localhost"]);
     let origin = HttpOrigin::start("a").await;
-    let (_proxy, addr) = tls_proxy(
+    let (_proxy, addr) = tls_proxy_with(
         &pki,
         "header_timeout: 1s, keepalive_timeout: 1s",
         &one_route(origin.addr),
     )
     .await;
-    let h2_client = || async {
-        let tcp = connect(addr, None).await;
-        let tls = pki
-            .connector_alpn(&[b"h2"])
-            .connect(ServerName::try_from("localhost").unwrap(), tcp)
-            .await
-            .expect("TLS handshake");
-        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-        h2::client::handshake(tls).await.expect("h2 handshake")
-    };
-
     // A request over HTTP/2 reaches the HTTP/1 origin.
-    let (mut send, conn) = h2_client().await;
-    let driver = tokio::spawn(conn);
+    let (mut send, driver) = h2_client(&pki, addr).await;
     let resp = h2_get(&mut send, "https://localhost/h2?x=1").await;
     assert_eq!(resp.status(), 200);
     let mut body = resp.into_body();
@@ -315,8 +287,8 @@ async fn idle_http2_connections_are_closed_after_the_keepalive_timeout() {
     assert!(started.elapsed() >= Duration::from_millis(500));
 
     // Preface and SETTINGS only, never a request.
-    let (_send, conn) = h2_client().await;
-    let ended = tokio::time::timeout(Duration::from_secs(8), conn).await;
+    let (_send, driver) = h2_client(&pki, addr).await;
+    let ended = tokio::time::timeout(Duration::from_secs(8), driver).await;
     assert!(ended.is_ok(), "a silent HTTP/2 connection stayed open");
 
     // TLS with ALPN h2, then not even the preface.
@@ -333,8 +305,7 @@ async fn idle_http2_connections_are_closed_after_the_keepalive_timeout() {
     );
 
     // A slow request (2 s, beyond the 1 s idle timeout) is not cut.
-    let (mut send, conn) = h2_client().await;
-    tokio::spawn(conn);
+    let (mut send, _driver) = h2_client(&pki, addr).await;
     let resp = h2_get(&mut send, "https://localhost/slow/2000").await;
     assert_eq!(resp.status(), 200);
 }

@@ -5,6 +5,7 @@ use crate::harness::*;
 use crate::origins::{HttpOrigin, WsOrigin};
 use futures_util::{SinkExt, StreamExt};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -94,14 +95,45 @@ pub fn client_trusting(
 }
 
 async fn tls_proxy(pki: &TestPki, upstreams_and_routes: &str) -> Proxy {
-    // The harness's plain listener plus a TLS one, found through the config below.
-    Proxy::start(&format!(
-        "  - address: '{}'\n    tls: {{certificates: [{{cert: '{}', key: '{}'}}]}}\n{upstreams_and_routes}",
-        proxy_addr(),
-        pki.cert.display(),
-        pki.key.display()
-    ))
-    .await
+    tls_proxy_with(pki, "", upstreams_and_routes).await.0
+}
+
+/// portico with the harness's plain listener plus a TLS one (with `pki`'s certificate) and
+/// these `server` keys, and the TLS listener's address once it accepts.
+pub async fn tls_proxy_with(pki: &TestPki, server: &str, body: &str) -> (Proxy, SocketAddr) {
+    let proxy = Proxy::start_with_server(
+        server,
+        &format!(
+            "  - address: '{}'\n    tls: {{certificates: [{{cert: '{}', key: '{}'}}]}}\n{body}",
+            proxy_addr(),
+            pki.cert.display(),
+            pki.key.display()
+        ),
+    )
+    .await;
+    let addr = tls_addr(&proxy);
+    wait_listening(addr).await;
+    (proxy, addr)
+}
+
+/// An HTTP/2 connection to `addr` (TLS with ALPN h2, for `localhost`) and its driver's task,
+/// which ends when the connection does.
+pub async fn h2_client(
+    pki: &TestPki,
+    addr: SocketAddr,
+) -> (
+    h2::client::SendRequest<bytes::Bytes>,
+    tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
+    let tcp = connect(addr, None).await;
+    let tls = pki
+        .connector_alpn(&[b"h2"])
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .expect("TLS handshake");
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (send, conn) = h2::client::handshake(tls).await.expect("h2 handshake");
+    (send, tokio::spawn(conn))
 }
 
 /// The address of the second (TLS) listener in the proxy's config.
