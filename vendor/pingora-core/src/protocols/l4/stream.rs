@@ -623,6 +623,23 @@ impl Stream {
         }
     }
 
+    /// Free both buffers: from now on reads and writes go straight to the socket. For a
+    /// connection that lives long and writes what it has at once (an upgraded WebSocket
+    /// tunnel), so it holds no buffer memory while idle. Returns `false`, changing nothing,
+    /// while either buffer holds bytes (flush first; read what was buffered).
+    pub fn unbuffer(&mut self) -> bool {
+        let buffered = match self.stream() {
+            BufferedStream::UnbufferedRead(writer) => !writer.buffer().is_empty(),
+            BufferedStream::BufferedRead(reader) => {
+                !reader.buffer().is_empty() || !reader.get_ref().buffer().is_empty()
+            }
+        };
+        if !buffered {
+            self.set_buffer(L4BufferSettings::unbuffered());
+        }
+        !buffered
+    }
+
     /// Set the read and write buffer sizes
     /// It is only set later because of the malloc overhead in critical accept() path
     pub(crate) fn set_buffer(&mut self, buffer: L4BufferSettings) {
@@ -978,6 +995,29 @@ mod tests {
     use tokio::io::AsyncWriteExt;
     use tokio::net::TcpListener;
     use tokio::sync::Notify;
+
+    #[tokio::test]
+    async fn test_unbuffer() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let peer = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut got = Vec::new();
+            stream.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        let mut stream: Stream = TcpStream::connect(addr).await.unwrap().into();
+        stream.set_buffer(L4BufferSettings::new(0, 1024));
+        stream.write_all(b"head").await.unwrap();
+        // Unwritten bytes: nothing changes.
+        assert!(!stream.unbuffer());
+        stream.flush().await.unwrap();
+        assert!(stream.unbuffer());
+        // Straight through: dropped unflushed, it still arrives (a buffer would have lost it).
+        stream.write_all(b" body").await.unwrap();
+        drop(stream);
+        assert_eq!(peer.await.unwrap(), b"head body");
+    }
 
     #[cfg(target_os = "linux")]
     #[tokio::test]
