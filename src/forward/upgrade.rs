@@ -123,6 +123,7 @@ pub(crate) async fn websocket(
         if sent.await.is_err() {
             return Ok(true);
         }
+        let client = unbuffered(client);
         // The tunnel gets a task of its own and Pingora's request ends here: its per-request
         // state (tens of KiB) would otherwise live as long as the WebSocket.
         let req = session.req_header();
@@ -213,6 +214,24 @@ async fn take_client(h1: HttpSessionV1Server) -> Result<(pingora::protocols::Str
         }
         None => Error::e_explain(ConnectionClosed, "the client's connection ended")
             .map_err(|e| e.into_down()),
+    }
+}
+
+/// The client's connection without its buffers (the write buffer is
+/// `server.downstream_write_buffer`, 1 KiB by default), once the 101 is flushed: an idle
+/// WebSocket would hold it for its whole life, and the tunnel writes what it has at once.
+/// Plain TCP only: a TLS connection's buffers are rustls's.
+fn unbuffered(client: pingora::protocols::Stream) -> pingora::protocols::Stream {
+    use pingora::protocols::l4::stream::Stream as L4;
+    if !client.as_any().is::<L4>() {
+        return client;
+    }
+    match client.into_any().downcast::<L4>() {
+        Ok(mut l4) => {
+            l4.unbuffer();
+            l4
+        }
+        Err(_) => unreachable!("checked to be an L4 stream"),
     }
 }
 
