@@ -62,7 +62,7 @@ pub struct ServerSection {
     /// and of portico's own (for the requests it forwards itself) each. Default 128.
     pub upstream_keepalive_pool_size: Option<usize>,
     /// Added key: bytes of write buffering per client connection. The default (1024) saves CPU
-    /// on small HTTP responses; `0` saves 1 KiB per idle WebSocket (docs/performance.md).
+    /// on small HTTP responses; freed when the connection becomes a WebSocket tunnel.
     pub downstream_write_buffer: Option<Size>,
     /// Added key: a client must send a whole request head within this time of connecting, or
     /// the connection is closed (slowloris). Default 10s.
