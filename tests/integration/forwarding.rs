@@ -26,6 +26,21 @@ async fn read_until(s: &mut TcpStream, end: &[u8]) -> Vec<u8> {
 
 const KEEP_ALIVE: &[u8] = b"GET / HTTP/1.1\r\nHost: test.local\r\n\r\n";
 
+/// The headers an `HttpOrigin` says it got (its JSON answer), names lower-cased, sorted.
+pub fn origin_saw(json: &serde_json::Value) -> Vec<(String, String)> {
+    let mut headers: Vec<(String, String)> = json["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            let name = h[0].as_str().unwrap().to_ascii_lowercase();
+            (name, h[1].as_str().unwrap().to_owned())
+        })
+        .collect();
+    headers.sort();
+    headers
+}
+
 /// Every test here runs against both forwarding loops: portico's own (plain requests) and
 /// Pingora's (`server.fast_path: false` sends every request through it).
 pub const LOOPS: [&str; 2] = ["fast_path: true", "fast_path: false"];
@@ -251,19 +266,7 @@ async fn both_loops_send_the_same_head() {
             ("X-Forwarded-For", "6.6.6.6"),
             ("Accept", "*/*"),
         ];
-        let seen = |r: Resp| -> Vec<(String, String)> {
-            let mut h: Vec<(String, String)> = r.json()["headers"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|h| {
-                    let name = h[0].as_str().unwrap().to_ascii_lowercase();
-                    (name, h[1].as_str().unwrap().to_owned())
-                })
-                .collect();
-            h.sort();
-            h
-        };
+        let seen = |r: Resp| origin_saw(&r.json());
         let plain = seen(get(proxy.addr, "/x?y=1", &common).await);
         let mut raw = String::from("GET /x?y=1 HTTP/1.1\r\nHost: test.local\r\n");
         for (name, value) in common {

@@ -2,7 +2,7 @@
 //! portico's own loop, anything else Pingora's, as from HTTP/1 clients: every test runs against
 //! both (`forwarding::LOOPS`), with scripted peers for what a well-behaved origin never shows.
 
-use crate::forwarding::LOOPS;
+use crate::forwarding::{origin_saw, LOOPS};
 use crate::harness::*;
 use crate::origins::HttpOrigin;
 use crate::tls::{h2_client, tls_proxy_with, TestPki};
@@ -50,20 +50,10 @@ fn request(method: &str, path: &str, headers: &[(&str, &str)]) -> http::Request<
     req.body(()).unwrap()
 }
 
-/// What the origin saw, lower-cased and sorted, from its JSON answer.
+/// The path and the headers (lower-cased, sorted) the origin saw, from its JSON answer.
 fn seen(body: &[u8]) -> (String, Vec<(String, String)>) {
     let json: serde_json::Value = serde_json::from_slice(body).unwrap();
-    let mut headers: Vec<(String, String)> = json["headers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| {
-            let name = h[0].as_str().unwrap().to_ascii_lowercase();
-            (name, h[1].as_str().unwrap().to_owned())
-        })
-        .collect();
-    headers.sort();
-    (json["path"].as_str().unwrap().to_owned(), headers)
+    (json["path"].as_str().unwrap().to_owned(), origin_saw(&json))
 }
 
 /// The peer gets the same request from either loop: `Host` from `:authority`, X-Forwarded-*
