@@ -198,11 +198,13 @@ pub fn is_plain(req: &RequestHeader) -> bool {
             .all(|t| t.eq_ignore_ascii_case(b"keep-alive") || t.eq_ignore_ascii_case(b"close"))
 }
 
-/// The same for an HTTP/2 request head: an origin-form `:path` (not CONNECT's authority) and
-/// none of the `NOT_PLAIN` fields nor `Connection` (the h2 codec refuses most of them, but `TE:
-/// trailers` is allowed). `Host` comes from `:authority` (`request::rewrite`).
+/// The same for an HTTP/2 request head: not CONNECT (nor extended CONNECT, which has a
+/// `:path`), an origin-form `:path`, none of the `NOT_PLAIN` fields nor `Connection` (the h2
+/// codec refuses most of them, but `TE: trailers` is allowed). `Host` comes from `:authority`
+/// (`request::rewrite`).
 pub fn is_plain_h2(req: &RequestHeader) -> bool {
-    req.raw_path().first() == Some(&b'/')
+    req.method != http::Method::CONNECT
+        && req.raw_path().first() == Some(&b'/')
         && !req.headers.contains_key(http::header::CONNECTION)
         && NOT_PLAIN.iter().all(|name| !req.headers.contains_key(name))
 }
@@ -389,6 +391,39 @@ mod tests {
             "GET / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n",
         ] {
             assert!(!is_plain(&head(raw)), "{raw:?}");
+        }
+    }
+
+    /// An HTTP/2 head as Pingora's h2 server builds it: from the request's parts.
+    fn h2_head(method: &str, uri: &str, fields: &[(&str, &str)]) -> RequestHeader {
+        let mut req = http::Request::builder().method(method).uri(uri);
+        for (name, value) in fields {
+            req = req.header(*name, *value);
+        }
+        RequestHeader::from(req.body(()).unwrap().into_parts().0)
+    }
+
+    #[test]
+    fn plain_http2_requests_have_a_path_and_no_hop_fields() {
+        assert!(is_plain_h2(&h2_head(
+            "GET",
+            "https://x/a?b=c",
+            &[("cookie", "a=b")]
+        )));
+        assert!(is_plain_h2(&h2_head("HEAD", "https://x/", &[])));
+        for req in [
+            h2_head("CONNECT", "x:443", &[]),
+            h2_head("CONNECT", "https://x/chat", &[]), // extended CONNECT has a :path
+            h2_head("GET", "https://x/", &[("te", "trailers")]),
+            h2_head("GET", "https://x/", &[("connection", "x-forwarded-for")]),
+            h2_head(
+                "GET",
+                "https://x/",
+                &[("proxy-authorization", "Basic eA==")],
+            ),
+            h2_head("GET", "*", &[]),
+        ] {
+            assert!(!is_plain_h2(&req), "{req:?}");
         }
     }
 
