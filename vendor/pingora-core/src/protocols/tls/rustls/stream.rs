@@ -134,6 +134,13 @@ where
 }
 
 impl<T> TlsStream<T> {
+    /// The transport under TLS, to change its settings (such as freeing its buffers, see
+    /// [`crate::protocols::l4::stream::Stream::unbuffer`]); reading or writing it directly
+    /// would corrupt the TLS stream. `None` before the handshake.
+    pub fn transport_mut(&mut self) -> Option<&mut T> {
+        self.tls.stream.as_mut().map(|s| s.get_mut().0)
+    }
+
     pub fn ssl_digest(&self) -> Option<Arc<SslDigest>> {
         self.digest.clone()
     }
