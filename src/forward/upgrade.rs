@@ -220,18 +220,29 @@ async fn take_client(h1: HttpSessionV1Server) -> Result<(pingora::protocols::Str
 /// The client's connection without its buffers (the write buffer is
 /// `server.downstream_write_buffer`, 1 KiB by default), once the 101 is flushed: an idle
 /// WebSocket would hold it for its whole life, and the tunnel writes what it has at once.
-/// Plain TCP only: a TLS connection's buffers are rustls's.
+/// Under TLS, the TCP connection's buffers (rustls keeps its own).
 fn unbuffered(client: pingora::protocols::Stream) -> pingora::protocols::Stream {
     use pingora::protocols::l4::stream::Stream as L4;
-    if !client.as_any().is::<L4>() {
+    use pingora::protocols::tls::TlsStream;
+    let any = client.as_any();
+    if !(any.is::<L4>() || any.is::<TlsStream<L4>>()) {
         return client;
     }
-    match client.into_any().downcast::<L4>() {
+    let any = client.into_any();
+    match any.downcast::<L4>() {
         Ok(mut l4) => {
             l4.unbuffer();
             l4
         }
-        Err(_) => unreachable!("checked to be an L4 stream"),
+        Err(any) => match any.downcast::<TlsStream<L4>>() {
+            Ok(mut tls) => {
+                if let Some(l4) = tls.transport_mut() {
+                    l4.unbuffer();
+                }
+                tls
+            }
+            Err(_) => unreachable!("checked to be one of the two"),
+        },
     }
 }
 

@@ -4,10 +4,17 @@ an echo origin behind it), checks each echoes once, lets them sit idle, and repo
 of the proxy's RSS (from /proc) divided by N. Loopback only; bounded in count and time.
 
 usage: ws_memory.py PROXY_PID PROXY_PORT [N [BATCH]]
+WS_TLS=1 connects with TLS (wss; the certificate is not checked: a test certificate).
 Connections open BATCH at a time (default 20): each handshake's transient memory is freed
 afterwards but RSS keeps its peak, so large batches measure the peak, not the idle cost.
 """
-import asyncio, os, resource, sys, time
+import asyncio, os, resource, ssl, sys, time
+
+TLS = None
+if os.environ.get("WS_TLS") == "1":
+    TLS = ssl.create_default_context()
+    TLS.check_hostname = False
+    TLS.verify_mode = ssl.CERT_NONE
 
 def rss_kib(pid):
     with open(f"/proc/{pid}/status") as f:
@@ -21,7 +28,7 @@ HANDSHAKE = (b"GET /ws/ HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\nConnect
 PING = bytes([0x81, 0x82, 1, 2, 3, 4, ord("h") ^ 1, ord("i") ^ 2])  # masked text "hi"
 
 async def open_one(port):
-    r, w = await asyncio.open_connection("127.0.0.1", port)
+    r, w = await asyncio.open_connection("127.0.0.1", port, ssl=TLS)
     w.write(HANDSHAKE)
     head = await r.readuntil(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 101"), head[:40]
