@@ -27,7 +27,10 @@ async fn exchange(
         let (head, mut recv) = resp.await?.into_parts();
         let mut bytes = Vec::new();
         while let Some(chunk) = recv.data().await {
-            bytes.extend_from_slice(&chunk?);
+            let chunk = chunk?;
+            // Read: the sender may send that much more (flow control).
+            recv.flow_control().release_capacity(chunk.len())?;
+            bytes.extend_from_slice(&chunk);
         }
         Ok((head, bytes))
     };
@@ -261,5 +264,35 @@ async fn http2_requests_on_a_dropped_pooled_connection_are_retried() {
             );
         }
         assert_eq!(accepted.load(Ordering::SeqCst) - before, 3, "{server}");
+    }
+}
+
+/// A body far larger than HTTP/2's initial flow-control window (64 KiB) reaches the client
+/// whole: the peer's bytes go out as the client's window opens, on either loop.
+#[tokio::test]
+async fn an_http2_client_gets_a_body_larger_than_its_window() {
+    const SIZE: usize = 3 * 1024 * 1024;
+    let (peer, _) = scripted(|mut s| async move {
+        while read_head(&mut s).await.is_some() {
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {SIZE}\r\n\r\n");
+            s.write_all(head.as_bytes()).await.unwrap();
+            let body: Vec<u8> = (0..SIZE).map(|i| (i % 251) as u8).collect();
+            s.write_all(&body).await.unwrap();
+        }
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new(dir.path(), &["localhost"]);
+    for server in LOOPS {
+        let (_proxy, addr) = tls_proxy_with(&pki, server, &one_route(peer)).await;
+        let (mut send, _driver) = h2_client(&pki, addr).await;
+        for _ in 0..2 {
+            let (head, body) = exchange(&mut send, get("/big"), None).await.unwrap();
+            assert_eq!((head.status.as_u16(), body.len()), (200, SIZE), "{server}");
+            assert!(
+                body.iter().enumerate().all(|(i, b)| *b == (i % 251) as u8),
+                "{server}"
+            );
+        }
     }
 }
