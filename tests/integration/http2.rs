@@ -5,6 +5,7 @@
 use crate::forwarding::{origin_saw, LOOPS};
 use crate::harness::*;
 use crate::origins::HttpOrigin;
+use crate::resources::BigOrigin;
 use crate::tls::{h2_client, tls_proxy_with, TestPki};
 use bytes::Bytes;
 use h2::client::SendRequest;
@@ -294,5 +295,32 @@ async fn an_http2_client_gets_a_body_larger_than_its_window() {
                 "{server}"
             );
         }
+    }
+}
+
+/// An HTTP/2 client that asks for a large answer and never reads it (its window stays shut)
+/// holds the peer's connection no longer than `send_timeout`, on either loop, as an HTTP/1
+/// client does (resources.rs).
+#[tokio::test]
+async fn an_http2_client_that_never_reads_frees_the_peer_at_the_send_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new(dir.path(), &["localhost"]);
+    for server in LOOPS {
+        let origin = BigOrigin::start().await;
+        let server = format!("send_timeout: 1s, {server}");
+        let (_proxy, addr) = tls_proxy_with(&pki, &server, &one_route(origin.addr)).await;
+        let (mut send, _driver) = h2_client(&pki, addr).await;
+        let (resp, _stream) = send.send_request(get("/big"), true).unwrap();
+        let started = std::time::Instant::now();
+        eventually("the peer's connection is closed under it", || async {
+            origin.cut.load(Ordering::SeqCst)
+        })
+        .await;
+        assert!(!origin.finished.load(Ordering::SeqCst), "{server}");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(8),
+            "{server}"
+        );
+        drop(resp);
     }
 }

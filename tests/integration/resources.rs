@@ -15,14 +15,14 @@ use tokio_rustls::rustls::pki_types::ServerName;
 
 /// An origin that answers any request with a 64 MiB body and records when a write of it
 /// failed (the proxy dropped the connection) and whether it ever finished.
-struct BigOrigin {
-    addr: SocketAddr,
-    cut: Arc<AtomicBool>,
-    finished: Arc<AtomicBool>,
+pub struct BigOrigin {
+    pub addr: SocketAddr,
+    pub cut: Arc<AtomicBool>,
+    pub finished: Arc<AtomicBool>,
 }
 
 impl BigOrigin {
-    async fn start() -> BigOrigin {
+    pub async fn start() -> BigOrigin {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (cut, finished) = (
