@@ -9,9 +9,25 @@ use crate::resources::BigOrigin;
 use crate::tls::{h2_client, tls_proxy_with, TestPki};
 use bytes::Bytes;
 use h2::client::SendRequest;
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+/// A certificate for `localhost` (the directory holds its files).
+fn localhost_pki() -> (tempfile::TempDir, TestPki) {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = TestPki::new(dir.path(), &["localhost"]);
+    (dir, pki)
+}
+
+/// portico with these `server` keys on a TLS listener in front of `peer`, and an HTTP/2
+/// connection to it.
+async fn h2_through(pki: &TestPki, server: &str, peer: SocketAddr) -> (Proxy, SendRequest<Bytes>) {
+    let (proxy, addr) = tls_proxy_with(pki, server, &one_route(peer)).await;
+    let (send, _driver) = h2_client(pki, addr).await;
+    (proxy, send)
+}
 
 /// An HTTP/2 exchange's answer: the response head and the whole body, or the stream's error
 /// (a reset) if it did not end cleanly; within `IO_TIMEOUT`.
@@ -67,13 +83,11 @@ fn seen(body: &[u8]) -> (String, Vec<(String, String)>) {
 /// 8.3.1), and the peer never sees it.
 #[tokio::test]
 async fn http2_clients_get_the_same_forwarding_from_both_loops() {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = TestPki::new(dir.path(), &["localhost"]);
+    let (_dir, pki) = localhost_pki();
     let origin = HttpOrigin::start("a").await;
     let mut heads = Vec::new();
     for server in LOOPS {
-        let (_proxy, addr) = tls_proxy_with(&pki, server, &one_route(origin.addr)).await;
-        let (mut send, _driver) = h2_client(&pki, addr).await;
+        let (_proxy, mut send) = h2_through(&pki, server, origin.addr).await;
         let common = [
             ("authorization", "Bearer t"),
             ("cookie", "a=1; b=2"),
@@ -160,12 +174,10 @@ async fn awkward(mut s: TcpStream) {
 /// at the head. The HTTP/2 connection outlives both, on either loop.
 #[tokio::test]
 async fn http2_bodies_end_as_the_peer_ended_them() {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = TestPki::new(dir.path(), &["localhost"]);
+    let (_dir, pki) = localhost_pki();
     let (peer, _) = scripted(awkward).await;
     for server in LOOPS {
-        let (_proxy, addr) = tls_proxy_with(&pki, server, &one_route(peer)).await;
-        let (mut send, _driver) = h2_client(&pki, addr).await;
+        let (_proxy, mut send) = h2_through(&pki, server, peer).await;
         let (head, body) = exchange(&mut send, get("/close"), None).await.unwrap();
         assert_eq!(head.status, 200, "{server}");
         assert_eq!(body, b"all of it, then close", "{server}");
@@ -213,13 +225,11 @@ async fn an_http2_client_that_cancels_a_slow_request_frees_the_peer_connection()
         }
     })
     .await;
-    let dir = tempfile::tempdir().unwrap();
-    let pki = TestPki::new(dir.path(), &["localhost"]);
+    let (_dir, pki) = localhost_pki();
     type Event = Result<Option<&'static str>, tokio::time::error::Elapsed>;
     let within = |event: Event, what: &str| event.unwrap_or_else(|_| panic!("no {what} in time"));
     for server in LOOPS {
-        let (proxy, addr) = tls_proxy_with(&pki, server, &one_route(peer)).await;
-        let (mut send, _driver) = h2_client(&pki, addr).await;
+        let (proxy, mut send) = h2_through(&pki, server, peer).await;
         let (resp, stream) = send.send_request(get("/slow"), true).unwrap();
         let event = tokio::time::timeout(IO_TIMEOUT, seen.recv()).await;
         assert_eq!(within(event, "request"), Some("request"), "{server}");
@@ -250,11 +260,9 @@ async fn http2_requests_on_a_dropped_pooled_connection_are_retried() {
         }
     })
     .await;
-    let dir = tempfile::tempdir().unwrap();
-    let pki = TestPki::new(dir.path(), &["localhost"]);
+    let (_dir, pki) = localhost_pki();
     for server in LOOPS {
-        let (_proxy, addr) = tls_proxy_with(&pki, server, &one_route(peer)).await;
-        let (mut send, _driver) = h2_client(&pki, addr).await;
+        let (_proxy, mut send) = h2_through(&pki, server, peer).await;
         let before = accepted.load(Ordering::SeqCst);
         for _ in 0..3 {
             let (head, body) = exchange(&mut send, get("/"), None).await.unwrap();
@@ -282,11 +290,9 @@ async fn an_http2_client_gets_a_body_larger_than_its_window() {
         }
     })
     .await;
-    let dir = tempfile::tempdir().unwrap();
-    let pki = TestPki::new(dir.path(), &["localhost"]);
+    let (_dir, pki) = localhost_pki();
     for server in LOOPS {
-        let (_proxy, addr) = tls_proxy_with(&pki, server, &one_route(peer)).await;
-        let (mut send, _driver) = h2_client(&pki, addr).await;
+        let (_proxy, mut send) = h2_through(&pki, server, peer).await;
         for _ in 0..2 {
             let (head, body) = exchange(&mut send, get("/big"), None).await.unwrap();
             assert_eq!((head.status.as_u16(), body.len()), (200, SIZE), "{server}");
@@ -303,13 +309,11 @@ async fn an_http2_client_gets_a_body_larger_than_its_window() {
 /// client does (resources.rs).
 #[tokio::test]
 async fn an_http2_client_that_never_reads_frees_the_peer_at_the_send_timeout() {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = TestPki::new(dir.path(), &["localhost"]);
+    let (_dir, pki) = localhost_pki();
     for server in LOOPS {
         let origin = BigOrigin::start().await;
         let server = format!("send_timeout: 1s, {server}");
-        let (_proxy, addr) = tls_proxy_with(&pki, &server, &one_route(origin.addr)).await;
-        let (mut send, _driver) = h2_client(&pki, addr).await;
+        let (_proxy, mut send) = h2_through(&pki, &server, origin.addr).await;
         let (resp, _stream) = send.send_request(get("/big"), true).unwrap();
         let started = std::time::Instant::now();
         eventually("the peer's connection is closed under it", || async {
