@@ -46,10 +46,10 @@ pub(crate) fn rewrite(session: &Session, req: &mut RequestHeader, ctx: &RequestC
     };
     request::rewrite(req, ctx.route().expect("routed"), &exchange, &forwarded)?;
     if !req.headers.contains_key(header::HOST) {
-        // HTTP/1.0 allows a request without Host; the HTTP/1.1 a peer gets must have one (RFC
-        // 9112 3.2). The name portico connects to, as nginx sends its `proxy_pass` host: the
-        // peer's TLS name, else its address. (An HTTP/1.1 request without Host never gets here:
-        // Pingora answers it 400.)
+        // HTTP/1.0 allows a request without Host, and a route may remove it; the HTTP/1.1 a
+        // peer gets must have one (RFC 9112 3.2). The name portico connects to, as nginx sends
+        // its `proxy_pass` host: the peer's TLS name, else its address. (An HTTP/1.1 request
+        // that came without Host never gets here: Pingora answers it 400.)
         if let Some(peer) = ctx.attempts.peer() {
             let host = match peer.template.sni.as_str() {
                 "" => peer.addr.to_string(),
