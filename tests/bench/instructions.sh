@@ -8,7 +8,8 @@
 #                                            'BINARY@server keys@route keys' (flow style)
 #   e.g. tests/bench/instructions.sh 'target/release/portico@fast_path: false' target/release/portico
 #        tests/bench/instructions.sh 'target/release/portico@@filters: [request_id]'
-#   WRK_HEADER='Authorization: Bearer ...' adds a header to every request (a token for jwt).
+#   WRK_HEADER='Authorization: Bearer ...' adds a header to every request (a token for jwt);
+#   several, one per line (a browser's request: tests/bench/browser-headers.txt).
 #   CALLGRIND_ARGS='--cache-sim=yes' passes options to callgrind (with CALLGRIND_KEEP, the kept
 #   profile's summary line then has the cache misses: I1mr, D1mr, D1mw ...).
 #
@@ -35,7 +36,7 @@ Y
   # shellcheck disable=SC2086
   valgrind --tool=callgrind ${CALLGRIND_ARGS:-} --callgrind-out-file="$d/cg.%p.out" "$bin" -c "$d/p.yaml" >"$d/log" 2>&1 & vp=$!
   for _ in $(seq 200); do (echo >/dev/tcp/127.0.0.1/$port) 2>/dev/null && break; sleep 0.1; done
-  hdr=(); [[ -n ${WRK_HEADER:-} ]] && hdr=(-H "$WRK_HEADER")
+  hdr=(); while IFS= read -r h; do [[ -n $h ]] && hdr+=(-H "$h"); done <<< "${WRK_HEADER:-}"
   wrk -t1 -c8 -d3s "${hdr[@]}" "http://127.0.0.1:$port/" >/dev/null
   callgrind_control --zero $vp >/dev/null 2>&1
   n=$(wrk -t1 -c8 -d8s "${hdr[@]}" "http://127.0.0.1:$port/" | awk '/requests in/{print $1}')
