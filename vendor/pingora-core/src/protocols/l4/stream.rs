@@ -528,6 +528,8 @@ pub struct Stream {
     // the data put back at the front of the read buffer, in order to replay the read
     rewind_read_buf: Vec<Vec<u8>>,
     buffer_write: bool,
+    /// Whether waits are timed (`read_pending_time`, `write_pending_time`).
+    track_pending_time: bool,
     proxy_digest: Option<Arc<ProxyDigest>>,
     socket_digest: Option<Arc<SocketDigest>>,
     /// When this connection is established
@@ -640,6 +642,19 @@ impl Stream {
         !buffered
     }
 
+    /// Stop (or resume) timing how long reads and writes wait (`get_read_pending_time`,
+    /// `get_write_pending_time`), which reads the clock on every poll that starts a wait and
+    /// every one that ends one. For a connection whose waits are not worth timing: a long-lived
+    /// tunnel, where they are only its idle time. The totals so far are kept.
+    pub fn set_pending_time_tracking(&mut self, enabled: bool) {
+        if !enabled {
+            // A wait in progress counts up to now.
+            self.read_pending_time.stop();
+            self.write_pending_time.stop();
+        }
+        self.track_pending_time = enabled;
+    }
+
     /// Set the read and write buffer sizes
     /// It is only set later because of the malloc overhead in critical accept() path
     pub(crate) fn set_buffer(&mut self, buffer: L4BufferSettings) {
@@ -668,6 +683,7 @@ impl From<TcpStream> for Stream {
             )),
             rewind_read_buf: Vec::new(),
             buffer_write: true,
+            track_pending_time: true,
             established_ts: SystemTime::now(),
             establishment_duration: None,
             offload_wait_duration: None,
@@ -691,6 +707,7 @@ impl From<virt::VirtualSocketStream> for Stream {
             )),
             rewind_read_buf: Vec::new(),
             buffer_write: true,
+            track_pending_time: true,
             established_ts: SystemTime::now(),
             establishment_duration: None,
             offload_wait_duration: None,
@@ -715,6 +732,7 @@ impl From<UnixStream> for Stream {
             )),
             rewind_read_buf: Vec::new(),
             buffer_write: true,
+            track_pending_time: true,
             established_ts: SystemTime::now(),
             establishment_duration: None,
             offload_wait_duration: None,
@@ -876,7 +894,9 @@ impl AsyncRead for Stream {
         } else {
             Pin::new(&mut self.stream_mut()).poll_read(cx, buf)
         };
-        self.read_pending_time.poll_time(&result);
+        if self.track_pending_time {
+            self.read_pending_time.poll_time(&result);
+        }
         self.rx_ts = self.stream().get_ref().rx_ts;
         result
     }
@@ -893,13 +913,17 @@ impl AsyncWrite for Stream {
         } else {
             Pin::new(&mut self.stream_mut().get_mut()).poll_write(cx, buf)
         };
-        self.write_pending_time.poll_write_time(&result, buf.len());
+        if self.track_pending_time {
+            self.write_pending_time.poll_write_time(&result, buf.len());
+        }
         result
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context) -> Poll<io::Result<()>> {
         let result = Pin::new(&mut self.stream_mut()).poll_flush(cx);
-        self.write_pending_time.poll_time(&result);
+        if self.track_pending_time {
+            self.write_pending_time.poll_time(&result);
+        }
         result
     }
 
@@ -920,7 +944,9 @@ impl AsyncWrite for Stream {
             Pin::new(&mut self.stream_mut().get_mut()).poll_write_vectored(cx, bufs)
         };
 
-        self.write_pending_time.poll_write_time(&result, total_size);
+        if self.track_pending_time {
+            self.write_pending_time.poll_write_time(&result, total_size);
+        }
         result
     }
 
@@ -1017,6 +1043,43 @@ mod tests {
         stream.write_all(b" body").await.unwrap();
         drop(stream);
         assert_eq!(peer.await.unwrap(), b"head body");
+    }
+
+    #[tokio::test]
+    async fn test_pending_time_tracking() {
+        use tokio::time::{sleep, timeout};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let go = Arc::new(Notify::new());
+        let go2 = go.clone();
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            for byte in [b"a", b"b"] {
+                go2.notified().await;
+                sleep(Duration::from_millis(20)).await;
+                stream.write_all(byte).await.unwrap();
+            }
+        });
+        let mut stream: Stream = TcpStream::connect(addr).await.unwrap().into();
+        stream.set_buffer(L4BufferSettings::new(0, 0));
+        let mut byte = [0u8; 1];
+        // Tracked: a read that waits ~20 ms counts.
+        go.notify_one();
+        timeout(Duration::from_secs(5), stream.read_exact(&mut byte))
+            .await
+            .unwrap()
+            .unwrap();
+        let tracked = stream.get_read_pending_time();
+        assert!(tracked >= Duration::from_millis(10), "{tracked:?}");
+        // Not tracked: the total stays as it was.
+        stream.set_pending_time_tracking(false);
+        go.notify_one();
+        timeout(Duration::from_secs(5), stream.read_exact(&mut byte))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&byte, b"b");
+        assert_eq!(stream.get_read_pending_time(), tracked);
     }
 
     #[cfg(target_os = "linux")]
