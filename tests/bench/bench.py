@@ -7,12 +7,14 @@ headers; the origins and the load generator run on CPU 1. For each proxy:
     proxy's CPU time per request (utime+stime from /proc, so the figure holds even when the
     proxy is not the bottleneck), and how much of it is user space (the rest is the kernel);
   - WebSocket messages: 16 connections echoing a small message back and forth for DURATION
-    seconds (tests/bench/ws_load.py): messages/s and the proxy's CPU time per message;
+    seconds (tests/bench/ws_load.py): messages/s and the proxy's CPU time per message, and its
+    user part;
   - idle WebSockets: RSS growth per connection with N open (tests/bench/ws_memory.py);
   - what an edge does (portico, nginx and HAProxy, each terminating TLS with the same ECDSA
     P-256 certificate): HTTPS keep-alive (wrk over TLS) and HTTP/2 over TLS (h2load, 10
     clients x 10 streams), CPU per request and its user part; a new TLS connection with a full
-    handshake per request (tests/bench/handshakes.py), CPU per handshake.
+    handshake per request (tests/bench/handshakes.py), CPU per handshake; idle wss://
+    WebSockets (ws_memory.py with WS_TLS=1), RSS growth per connection.
 A fourth arm, portico-wasm, is portico with one Wasm filter on the HTTP route (one request
 header added: tests/bench/add_header.wat), for what a Proxy-Wasm filter costs. BENCH_ONLY=portico,nginx runs a subset; BARE_PINGORA=path/to/bare_pingora adds Pingora alone
 (examples/bare_pingora.rs). BENCH_ROUNDS (default 3): the proxies take turns this many
@@ -106,7 +108,9 @@ http {{ access_log off;
     proxy_set_header X-Real-IP $remote_addr;
     proxy_set_header X-Forwarded-Proto $scheme;
     proxy_set_header X-Forwarded-Host $host;
-    location / {{ proxy_pass http://web; proxy_http_version 1.1; proxy_set_header Connection ""; }} }} }}
+    location / {{ proxy_pass http://web; proxy_http_version 1.1; proxy_set_header Connection ""; }}
+    location /ws/ {{ proxy_pass http://ws; proxy_http_version 1.1; proxy_read_timeout 1h;
+      proxy_set_header Upgrade $http_upgrade; proxy_set_header Connection $connection_upgrade; }} }} }}
 """
     haproxy = f"""
 global
@@ -131,6 +135,7 @@ frontend fe_tls
   http-request set-header X-Real-IP %[src]
   http-request set-header X-Forwarded-Proto https
   http-request set-header X-Forwarded-Host %[req.hdr(host)]
+  use_backend ws if {{ path_beg /ws/ }}
   default_backend web
 backend web
   http-reuse always
@@ -200,23 +205,24 @@ def ratios(p, o):
 def render(results, runs, when, setup):
     """The README's results block: the table, every round's CPU figures, ratios, the targets."""
     out = [README_BEGIN, "", f"{when}, {machine()}, {versions()}, {setup}:", "",
-           "| | req/s | p50 ms | p99 ms | CPU µs/req | of it user | WS msg/s | CPU µs/msg | KiB/idle WS |",
-           "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+           "| | req/s | p50 ms | p99 ms | CPU µs/req | of it user | WS msg/s | CPU µs/msg | of it user | KiB/idle WS |",
+           "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name, r in results.items():
         out.append(f"| {LABELS[name]} | {r['rps']:,.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['cpu_us']:.1f} | {r['user_us']:.1f} "
-                   f"| {r['ws_mps']:,.0f} | {r['ws_us']:.1f} | {r['ws_kib']:.2f} |")
+                   f"| {r['ws_mps']:,.0f} | {r['ws_us']:.1f} | {r['ws_user_us']:.2f} | {r['ws_kib']:.2f} |")
     out.append("")
     tls = [n for n, r in results.items() if "https_us" in r]
     if tls:
         out += ["What an edge does, each terminating TLS with the same ECDSA P-256 certificate: HTTPS keep-alive "
                 "(wrk over TLS), a new TLS connection and full handshake per request (tests/bench/handshakes.py), HTTP/2 over TLS "
-                "(h2load, 10 clients x 10 streams):", "",
-                "| | HTTPS req/s | CPU µs/req | of it user | new TLS conn/s | CPU µs/handshake | HTTP/2 req/s | CPU µs/req | of it user |",
-                "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+                "(h2load, 10 clients x 10 streams), and memory per idle wss:// WebSocket (TLS terminated by the proxy, "
+                "tests/bench/ws_memory.py with WS_TLS=1):", "",
+                "| | HTTPS req/s | CPU µs/req | of it user | new TLS conn/s | CPU µs/handshake | HTTP/2 req/s | CPU µs/req | of it user | KiB/idle wss |",
+                "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
         for name in tls:
             r = results[name]
             out.append(f"| {LABELS[name]} | {r['https_rps']:,.0f} | {r['https_us']:.1f} | {r['https_user_us']:.1f} | {r['hs_ps']:,.0f} "
-                       f"| {r['hs_us']:.1f} | {r['h2_rps']:,.0f} | {r['h2_us']:.1f} | {r['h2_user_us']:.1f} |")
+                       f"| {r['hs_us']:.1f} | {r['h2_rps']:,.0f} | {r['h2_us']:.1f} | {r['h2_user_us']:.1f} | {r.get('wss_kib', float('nan')):.2f} |")
         out.append("")
     rounds = "; ".join(LABELS[n] + " " + " ".join(f"{r['cpu_us']:.1f}" for r in rs) for n, rs in runs.items())
     out.append(f"CPU µs per request in each round: {rounds}.")
@@ -242,7 +248,10 @@ def render(results, runs, when, setup):
                    f"per handshake {'x / '.join(f'{x:.2f}' for x in per('hs_us'))}x, per HTTP/2 request "
                    f"{'x / '.join(f'{x:.2f}' for x in per('h2_us'))}x; user-space CPU per request to HAProxy's: HTTP/1 "
                    f"{p['user_us'] / hp['user_us']:.2f}x, HTTPS {p['https_user_us'] / hp['https_user_us']:.2f}x, "
-                   f"HTTP/2 {p['h2_user_us'] / hp['h2_user_us']:.2f}x.")
+                   f"HTTP/2 {p['h2_user_us'] / hp['h2_user_us']:.2f}x; user-space CPU per WebSocket message "
+                   f"{p['ws_user_us'] / ng['ws_user_us']:.2f}x / {p['ws_user_us'] / hp['ws_user_us']:.2f}x"
+                   + (f"; memory per idle wss:// WebSocket {p['wss_kib'] / ng['wss_kib']:.2f}x / {p['wss_kib'] / hp['wss_kib']:.2f}x"
+                      if all("wss_kib" in r for r in (p, ng, hp)) else "") + ".")
         user = max(p[k] / hp[k] for k in ("user_us", "https_user_us", "h2_user_us"))
         total = max(p[k] / ng[k] for k in ("cpu_us", "https_us", "h2_us"))
         out.append("")
@@ -390,10 +399,11 @@ def main():
             requests, errors, p50, p99 = wrk(url, duration)
             u1, s1 = children_cpu(pid)
             cpu, user = (u1 + s1) - (u0 + s0), u1 - u0
-            before = sum(children_cpu(pid))
+            ws_u0, ws_s0 = children_cpu(pid)
             load = subprocess.run(["taskset", "-c", "1", sys.executable, os.path.join(HERE, "ws_load.py"), str(PORTS[name]), "16", str(duration)],
                                   capture_output=True, text=True, timeout=duration + 60).stdout
-            ws_cpu = sum(children_cpu(pid)) - before
+            ws_u1, ws_s1 = children_cpu(pid)
+            ws_cpu, ws_user = (ws_u1 + ws_s1) - (ws_u0 + ws_s0), ws_u1 - ws_u0
             messages = int(re.search(r"(\d+) messages", load).group(1))
             kib = None
             if with_memory:
@@ -401,11 +411,16 @@ def main():
                                      capture_output=True, text=True, timeout=300).stdout
                 kib = float(re.search(r"([\d.]+) KiB per connection", mem).group(1))
             tls = tls_figures(pid, TLS_PORTS[name], duration) if name in TLS_PORTS else {}
+            if with_memory and name in TLS_PORTS:
+                # Idle wss:// (TLS terminated by the proxy), after its TLS runs.
+                mem = subprocess.run([sys.executable, os.path.join(HERE, "ws_memory.py"), str(pid), str(TLS_PORTS[name]), str(idle_ws), "20"],
+                                     capture_output=True, text=True, timeout=300, env={**os.environ, "WS_TLS": "1"}).stdout
+                tls["wss_kib"] = float(re.search(r"([\d.]+) KiB per connection", mem).group(1))
             # SIGINT: Pingora's fast shutdown (SIGTERM waits out a grace period).
             env_proc.send_signal(signal.SIGINT if name in ("portico", "pingora", "portico-wasm") else signal.SIGTERM)
             env_proc.wait(timeout=20)
             return {"rps": requests / duration, "p50": p50, "p99": p99, "cpu_us": cpu * 1e6 / requests, "user_us": user * 1e6 / requests,
-                    "ws_us": ws_cpu * 1e6 / messages, "ws_mps": messages / duration, "ws_kib": kib, "errors": errors, **tls}
+                    "ws_us": ws_cpu * 1e6 / messages, "ws_user_us": ws_user * 1e6 / messages, "ws_mps": messages / duration, "ws_kib": kib, "errors": errors, **tls}
         # The proxies take turns, round after round, so drift on the machine hits all of them
         # alike; idle-WebSocket memory is measured in the first round only (the slow part).
         for round_ in range(rounds):
@@ -414,19 +429,21 @@ def main():
         # Each figure: the median of the rounds; errors summed.
         results = {}
         for name, rs in runs.items():
-            results[name] = {k: statistics.median(r[k] for r in rs) for k in rs[0] if k not in ("ws_kib", "errors", "tls_errors")}
+            results[name] = {k: statistics.median(r[k] for r in rs) for k in rs[0] if k not in ("ws_kib", "wss_kib", "errors", "tls_errors")}
             results[name]["ws_kib"] = rs[0]["ws_kib"]
+            if "wss_kib" in rs[0]:
+                results[name]["wss_kib"] = rs[0]["wss_kib"]
             results[name]["errors"] = sum(r["errors"] + r.get("tls_errors", 0) for r in rs)
         print(f"\nportico benchmark, {time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs, loopback, 1 worker each, "
               f"wrk -t1 -c32 -d{duration}s, {idle_ws} idle WebSockets, median of {rounds} rounds taken in turn")
-        print(f"{'':9}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'CPU us/req':>12}{'of it user':>11}{'WS msg/s':>10}{'CPU us/msg':>12}{'KiB/idle WS':>13}{'non-2xx':>9}")
+        print(f"{'':9}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'CPU us/req':>12}{'of it user':>11}{'WS msg/s':>10}{'CPU us/msg':>12}{'of it user':>11}{'KiB/idle WS':>13}{'non-2xx':>9}")
         for name, r in results.items():
-            print(f"{name:9}{r['rps']:>10.0f}{r['p50']:>9.3f}{r['p99']:>9.3f}{r['cpu_us']:>12.1f}{r['user_us']:>11.1f}{r['ws_mps']:>10.0f}{r['ws_us']:>12.1f}{r['ws_kib']:>13.2f}{r['errors']:>9}")
-        print(f"{'TLS':9}{'HTTPS req/s':>12}{'CPU us/req':>11}{'of it user':>11}{'conn/s':>9}{'CPU us/hs':>10}{'h2 req/s':>10}{'CPU us/req':>11}{'of it user':>11}")
+            print(f"{name:9}{r['rps']:>10.0f}{r['p50']:>9.3f}{r['p99']:>9.3f}{r['cpu_us']:>12.1f}{r['user_us']:>11.1f}{r['ws_mps']:>10.0f}{r['ws_us']:>12.1f}{r['ws_user_us']:>11.2f}{r['ws_kib']:>13.2f}{r['errors']:>9}")
+        print(f"{'TLS':9}{'HTTPS req/s':>12}{'CPU us/req':>11}{'of it user':>11}{'conn/s':>9}{'CPU us/hs':>10}{'h2 req/s':>10}{'CPU us/req':>11}{'of it user':>11}{'KiB/idle wss':>14}")
         for name, r in results.items():
             if "https_us" in r:
                 print(f"{name:9}{r['https_rps']:>12.0f}{r['https_us']:>11.1f}{r['https_user_us']:>11.1f}{r['hs_ps']:>9.0f}{r['hs_us']:>10.1f}"
-                      f"{r['h2_rps']:>10.0f}{r['h2_us']:>11.1f}{r['h2_user_us']:>11.1f}")
+                      f"{r['h2_rps']:>10.0f}{r['h2_us']:>11.1f}{r['h2_user_us']:>11.1f}{r.get('wss_kib', float('nan')):>14.2f}")
         for name, rs in runs.items():
             cpu = sorted(r["cpu_us"] for r in rs)
             msg = sorted(r["ws_us"] for r in rs)
