@@ -289,7 +289,7 @@ def write_readme(path, block):
 
 def check_readme(path):
     """`make check-bench`: path has one results block, and a sample run renders into it."""
-    sample = {"rps": 1000.0, "p50": 0.5, "p99": 1.0, "cpu_us": 10.0, "user_us": 5.0, "ws_mps": 100.0, "ws_us": 10.0, "ws_kib": 4.0, "errors": 0,
+    sample = {"rps": 1000.0, "p50": 0.5, "p99": 1.0, "cpu_us": 10.0, "user_us": 5.0, "ws_mps": 100.0, "ws_us": 10.0, "ws_user_us": 1.0, "ws_kib": 4.0, "wss_kib": 14.0, "errors": 0,
               "https_rps": 900.0, "https_us": 12.0, "https_user_us": 6.0, "hs_ps": 300.0, "hs_us": 250.0, "h2_rps": 1200.0, "h2_us": 11.0,
               "h2_user_us": 6.0}
     results = {name: dict(sample) for name in LABELS}
