@@ -191,9 +191,8 @@ static NOT_PLAIN: [HeaderName; 9] = [
 /// request policy checks and strips it. The body is checked by the caller.
 pub fn is_plain(req: &RequestHeader) -> bool {
     req.uri.authority().is_none()
-        && req.raw_path().first() == Some(&b'/')
+        && origin_form_without_hop_fields(req)
         && req.headers.get_all(http::header::HOST).iter().count() == 1
-        && NOT_PLAIN.iter().all(|name| !req.headers.contains_key(name))
         && tokens(&req.headers, http::header::CONNECTION)
             .all(|t| t.eq_ignore_ascii_case(b"keep-alive") || t.eq_ignore_ascii_case(b"close"))
 }
@@ -204,8 +203,14 @@ pub fn is_plain(req: &RequestHeader) -> bool {
 /// (`request::rewrite`).
 pub fn is_plain_h2(req: &RequestHeader) -> bool {
     req.method != http::Method::CONNECT
-        && req.raw_path().first() == Some(&b'/')
+        && origin_form_without_hop_fields(req)
         && !req.headers.contains_key(http::header::CONNECTION)
+}
+
+/// What both versions of a plain head have: an origin-form target and none of the `NOT_PLAIN`
+/// fields.
+fn origin_form_without_hop_fields(req: &RequestHeader) -> bool {
+    req.raw_path().first() == Some(&b'/')
         && NOT_PLAIN.iter().all(|name| !req.headers.contains_key(name))
 }
 
