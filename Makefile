@@ -99,8 +99,9 @@ bench: deps
 	@command -v nginx >/dev/null && command -v haproxy >/dev/null && command -v wrk >/dev/null && \
 		command -v h2load >/dev/null && command -v openssl >/dev/null || \
 		{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq nginx-light haproxy wrk nghttp2-client openssl; }
-	cargo build --release --bin portico --example demo_origins --example bare_pingora
-	BARE_PINGORA=target/release/examples/bare_pingora BENCH_README=docs/performance.md \
+	cargo build --release --bin portico --example demo_origins --example bare_pingora --example pingora_floor
+	BARE_PINGORA=target/release/examples/bare_pingora PINGORA_FLOOR=target/release/examples/pingora_floor \
+		BENCH_README=docs/performance.md \
 		python3 tests/bench/bench.py target/release/portico target/release/examples/demo_origins
 
 ## check-bench: docs/performance.md has the block `make bench` rewrites, and a sample result renders into it

@@ -17,7 +17,9 @@ headers; the origins and the load generator run on CPU 1. For each proxy:
     WebSockets (ws_memory.py with WS_TLS=1), RSS growth per connection.
 A fourth arm, portico-wasm, is portico with one Wasm filter on the HTTP route (one request
 header added: tests/bench/add_header.wat), for what a Proxy-Wasm filter costs. BENCH_ONLY=portico,nginx runs a subset; BARE_PINGORA=path/to/bare_pingora adds Pingora alone
-(examples/bare_pingora.rs). BENCH_ROUNDS (default 3): the proxies take turns this many
+(examples/bare_pingora.rs); PINGORA_FLOOR=path/to/pingora_floor adds Pingora's session types
+alone with no proxy logic (examples/pingora_floor.rs: requests only, HTTP/1, HTTPS and HTTP/2),
+the floor under any proxy built on them. BENCH_ROUNDS (default 3): the proxies take turns this many
 times and each figure is the median (single runs on a 2-core machine vary by 5-15%).
 Prints one table with every figure also as a ratio to nginx and to HAProxy. Loopback only;
 every run is bounded in time. BENCH_README=docs/performance.md (what `make bench` passes): the results
@@ -31,9 +33,9 @@ import os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, ti
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ORIGIN_HTTP, ORIGIN_WS = 3101, 3003  # nginx origin; the demo echo origin listens on 3003
-PORTS = {"portico": 3201, "nginx": 3202, "haproxy": 3203, "pingora": 3204, "portico-wasm": 3205}
+PORTS = {"portico": 3201, "nginx": 3202, "haproxy": 3203, "pingora": 3204, "portico-wasm": 3205, "floor": 3206}
 # Their TLS listeners (HTTPS, HTTP/2): the proxies that terminate TLS in the benchmark.
-TLS_PORTS = {"portico": 3211, "nginx": 3212, "haproxy": 3213}
+TLS_PORTS = {"portico": 3211, "nginx": 3212, "haproxy": 3213, "floor": 3216}
 CLK = os.sysconf("SC_CLK_TCK")
 
 def wait_port(port, timeout=10):
@@ -173,7 +175,13 @@ routes:
 README_BEGIN = "<!-- bench:begin: written by tests/bench/bench.py (make bench), do not edit -->"
 README_END = "<!-- bench:end -->"
 LABELS = {"portico": "portico", "nginx": "nginx", "haproxy": "HAProxy", "pingora": "bare Pingora",
-          "portico-wasm": "portico, 1 Wasm filter"}
+          "portico-wasm": "portico, 1 Wasm filter", "floor": "Pingora's sessions alone"}
+# Arms that only forward requests (no WebSocket figures).
+REQUESTS_ONLY = ("floor",)
+
+def fig(v, spec):
+    """v formatted by spec, or a dash where the arm has no such figure."""
+    return "–" if v is None or v != v else format(v, spec)
 
 def machine():
     """CPU model, CPU count and kernel of this machine, for the README's table."""
@@ -209,7 +217,7 @@ def render(results, runs, when, setup):
            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name, r in results.items():
         out.append(f"| {LABELS[name]} | {r['rps']:,.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['cpu_us']:.1f} | {r['user_us']:.1f} "
-                   f"| {r['ws_mps']:,.0f} | {r['ws_us']:.1f} | {r['ws_user_us']:.2f} | {r['ws_kib']:.2f} |")
+                   f"| {fig(r['ws_mps'], ',.0f')} | {fig(r['ws_us'], '.1f')} | {fig(r['ws_user_us'], '.2f')} | {fig(r['ws_kib'], '.2f')} |")
     out.append("")
     tls = [n for n, r in results.items() if "https_us" in r]
     if tls:
@@ -222,7 +230,7 @@ def render(results, runs, when, setup):
         for name in tls:
             r = results[name]
             out.append(f"| {LABELS[name]} | {r['https_rps']:,.0f} | {r['https_us']:.1f} | {r['https_user_us']:.1f} | {r['hs_ps']:,.0f} "
-                       f"| {r['hs_us']:.1f} | {r['h2_rps']:,.0f} | {r['h2_us']:.1f} | {r['h2_user_us']:.1f} | {r.get('wss_kib', float('nan')):.2f} |")
+                       f"| {r['hs_us']:.1f} | {r['h2_rps']:,.0f} | {r['h2_us']:.1f} | {r['h2_user_us']:.1f} | {fig(r.get('wss_kib'), '.2f')} |")
         out.append("")
     rounds = "; ".join(LABELS[n] + " " + " ".join(f"{r['cpu_us']:.1f}" for r in rs) for n, rs in runs.items())
     out.append(f"CPU µs per request in each round: {rounds}.")
@@ -241,6 +249,15 @@ def render(results, runs, when, setup):
         c = ratios(p, results["pingora"])
         out.append(f"To bare Pingora: CPU per request {c['cpu']:.2f}x, per message {c['msg']:.2f}x, p99 {c['p99']:.2f}x, "
                    f"memory per idle WebSocket {c['kib']:.2f}x.")
+    if "floor" in results and all("https_us" in r for r in (p, results["floor"], ng, hp)):
+        f = results["floor"]
+        cols = (("HTTP/1", "cpu_us", "user_us"), ("HTTPS", "https_us", "https_user_us"), ("HTTP/2", "h2_us", "h2_user_us"))
+        out.append("Pingora's sessions alone (examples/pingora_floor.rs: Pingora's server and client sessions, no proxy "
+                   "logic), user-space CPU per request to HAProxy's: "
+                   + ", ".join(f"{n} {f[u] / hp[u]:.2f}x" for n, _, u in cols)
+                   + "; total to nginx's: " + ", ".join(f"{n} {f[t] / ng[t]:.2f}x" for n, t, _ in cols)
+                   + "; portico over it, µs per request (user): "
+                   + ", ".join(f"{n} {p[t] - f[t]:+.1f} ({p[u] - f[u]:+.1f})" for n, t, u in cols) + ".")
     met = lambda ok: "met" if ok else "not met"
     if all("https_us" in r for r in (p, ng, hp)):
         per = lambda k: (p[k] / ng[k], p[k] / hp[k])
@@ -266,6 +283,10 @@ def render(results, runs, when, setup):
 def print_ratios(results):
     """portico's figures as ratios to each other proxy that ran."""
     p = results.get("portico")
+    if p and "floor" in results:
+        f = results["floor"]
+        print(f"portico / Pingora's sessions alone: CPU per request {p['cpu_us'] / f['cpu_us']:.2f}x, user part "
+              f"{p['user_us'] / f['user_us']:.2f}x, req/s {p['rps'] / f['rps']:.2f}x")
     for other in ("nginx", "haproxy", "pingora"):
         if p and other in results:
             r = ratios(p, results[other])
@@ -385,6 +406,10 @@ def main():
         bare = os.environ.get("BARE_PINGORA")
         if bare:
             cmds["pingora"] = [bare, f"127.0.0.1:{PORTS['pingora']}", f"127.0.0.1:{ORIGIN_HTTP}", f"127.0.0.1:{ORIGIN_WS}"]
+        floor = os.environ.get("PINGORA_FLOOR")
+        if floor:
+            cmds["floor"] = [floor, f"127.0.0.1:{PORTS['floor']}", f"127.0.0.1:{ORIGIN_HTTP}", f"127.0.0.1:{TLS_PORTS['floor']}",
+                             os.path.join(tmp, "cert.pem"), os.path.join(tmp, "key.pem")]
         # BENCH_ONLY=portico (a comma list) runs a subset, for quick before/after comparisons.
         only = [n for n in os.environ.get("BENCH_ONLY", "").split(",") if n]
         names = [n for n in cmds if not only or n in only]
@@ -399,28 +424,32 @@ def main():
             requests, errors, p50, p99 = wrk(url, duration)
             u1, s1 = children_cpu(pid)
             cpu, user = (u1 + s1) - (u0 + s0), u1 - u0
-            ws_u0, ws_s0 = children_cpu(pid)
-            load = subprocess.run(["taskset", "-c", "1", sys.executable, os.path.join(HERE, "ws_load.py"), str(PORTS[name]), "16", str(duration)],
-                                  capture_output=True, text=True, timeout=duration + 60).stdout
-            ws_u1, ws_s1 = children_cpu(pid)
-            ws_cpu, ws_user = (ws_u1 + ws_s1) - (ws_u0 + ws_s0), ws_u1 - ws_u0
-            messages = int(re.search(r"(\d+) messages", load).group(1))
-            kib = None
-            if with_memory:
+            nan = float("nan")
+            ws = {"ws_us": nan, "ws_user_us": nan, "ws_mps": nan}
+            if name not in REQUESTS_ONLY:
+                ws_u0, ws_s0 = children_cpu(pid)
+                load = subprocess.run(["taskset", "-c", "1", sys.executable, os.path.join(HERE, "ws_load.py"), str(PORTS[name]), "16", str(duration)],
+                                      capture_output=True, text=True, timeout=duration + 60).stdout
+                ws_u1, ws_s1 = children_cpu(pid)
+                ws_cpu, ws_user = (ws_u1 + ws_s1) - (ws_u0 + ws_s0), ws_u1 - ws_u0
+                messages = int(re.search(r"(\d+) messages", load).group(1))
+                ws = {"ws_us": ws_cpu * 1e6 / messages, "ws_user_us": ws_user * 1e6 / messages, "ws_mps": messages / duration}
+            kib = nan if name in REQUESTS_ONLY else None
+            if with_memory and name not in REQUESTS_ONLY:
                 mem = subprocess.run([sys.executable, os.path.join(HERE, "ws_memory.py"), str(pid), str(PORTS[name]), str(idle_ws), "20"],
                                      capture_output=True, text=True, timeout=300).stdout
                 kib = float(re.search(r"([\d.]+) KiB per connection", mem).group(1))
             tls = tls_figures(pid, TLS_PORTS[name], duration) if name in TLS_PORTS else {}
-            if with_memory and name in TLS_PORTS:
+            if with_memory and name in TLS_PORTS and name not in REQUESTS_ONLY:
                 # Idle wss:// (TLS terminated by the proxy), after its TLS runs.
                 mem = subprocess.run([sys.executable, os.path.join(HERE, "ws_memory.py"), str(pid), str(TLS_PORTS[name]), str(idle_ws), "20"],
                                      capture_output=True, text=True, timeout=300, env={**os.environ, "WS_TLS": "1"}).stdout
                 tls["wss_kib"] = float(re.search(r"([\d.]+) KiB per connection", mem).group(1))
             # SIGINT: Pingora's fast shutdown (SIGTERM waits out a grace period).
-            env_proc.send_signal(signal.SIGINT if name in ("portico", "pingora", "portico-wasm") else signal.SIGTERM)
+            env_proc.send_signal(signal.SIGINT if name in ("portico", "pingora", "portico-wasm", "floor") else signal.SIGTERM)
             env_proc.wait(timeout=20)
             return {"rps": requests / duration, "p50": p50, "p99": p99, "cpu_us": cpu * 1e6 / requests, "user_us": user * 1e6 / requests,
-                    "ws_us": ws_cpu * 1e6 / messages, "ws_user_us": ws_user * 1e6 / messages, "ws_mps": messages / duration, "ws_kib": kib, "errors": errors, **tls}
+                    **ws, "ws_kib": kib, "errors": errors, **tls}
         # The proxies take turns, round after round, so drift on the machine hits all of them
         # alike; idle-WebSocket memory is measured in the first round only (the slow part).
         for round_ in range(rounds):
@@ -438,12 +467,12 @@ def main():
               f"wrk -t1 -c32 -d{duration}s, {idle_ws} idle WebSockets, median of {rounds} rounds taken in turn")
         print(f"{'':9}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'CPU us/req':>12}{'of it user':>11}{'WS msg/s':>10}{'CPU us/msg':>12}{'of it user':>11}{'KiB/idle WS':>13}{'non-2xx':>9}")
         for name, r in results.items():
-            print(f"{name:9}{r['rps']:>10.0f}{r['p50']:>9.3f}{r['p99']:>9.3f}{r['cpu_us']:>12.1f}{r['user_us']:>11.1f}{r['ws_mps']:>10.0f}{r['ws_us']:>12.1f}{r['ws_user_us']:>11.2f}{r['ws_kib']:>13.2f}{r['errors']:>9}")
+            print(f"{name:9}{r['rps']:>10.0f}{r['p50']:>9.3f}{r['p99']:>9.3f}{r['cpu_us']:>12.1f}{r['user_us']:>11.1f}{r['ws_mps']:>10.0f}{r['ws_us']:>12.1f}{r['ws_user_us']:>11.2f}{fig(r['ws_kib'], '.2f'):>13}{r['errors']:>9}")
         print(f"{'TLS':9}{'HTTPS req/s':>12}{'CPU us/req':>11}{'of it user':>11}{'conn/s':>9}{'CPU us/hs':>10}{'h2 req/s':>10}{'CPU us/req':>11}{'of it user':>11}{'KiB/idle wss':>14}")
         for name, r in results.items():
             if "https_us" in r:
                 print(f"{name:9}{r['https_rps']:>12.0f}{r['https_us']:>11.1f}{r['https_user_us']:>11.1f}{r['hs_ps']:>9.0f}{r['hs_us']:>10.1f}"
-                      f"{r['h2_rps']:>10.0f}{r['h2_us']:>11.1f}{r['h2_user_us']:>11.1f}{r.get('wss_kib', float('nan')):>14.2f}")
+                      f"{r['h2_rps']:>10.0f}{r['h2_us']:>11.1f}{r['h2_user_us']:>11.1f}{fig(r.get('wss_kib'), '.2f'):>14}")
         for name, rs in runs.items():
             cpu = sorted(r["cpu_us"] for r in rs)
             msg = sorted(r["ws_us"] for r in rs)
