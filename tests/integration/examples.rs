@@ -249,3 +249,66 @@ async fn the_custom_filter_example_is_portico_plus_its_own_filter() {
     assert_eq!(code, 64);
     assert!(err.contains("unknown filter \"tenant\""), "{err}");
 }
+
+/// examples/pingora_floor.rs, `make bench`'s row for Pingora's session types alone: it must
+/// forward what the proxies in the benchmark forward (the same request, the same four
+/// forwarding headers), in both of its modes, or its figures compare nothing.
+#[tokio::test]
+async fn the_benchmark_floor_forwards_as_the_proxies_do() {
+    let bin = Path::new(BIN)
+        .with_file_name("examples")
+        .join("pingora_floor");
+    assert!(
+        bin.exists(),
+        "{} is missing: `make test` builds it (cargo build --examples)",
+        bin.display()
+    );
+    let origin = HttpOrigin::start("floor-origin").await;
+    for mode in [None, Some("--proxy")] {
+        let addr = proxy_addr();
+        let mut cmd = std::process::Command::new(&bin);
+        cmd.args(mode)
+            .arg(addr.to_string())
+            .arg(origin.addr.to_string())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let mut floor = KillOnDrop(cmd.spawn().expect("spawn pingora_floor"));
+        let deadline = std::time::Instant::now() + IO_TIMEOUT;
+        while tokio::net::TcpStream::connect(addr).await.is_err() {
+            assert!(
+                floor.0.try_wait().unwrap().is_none(),
+                "pingora_floor exited"
+            );
+            assert!(
+                std::time::Instant::now() < deadline,
+                "pingora_floor not listening"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        // Twice: the second request rides the peer connection the first left idle.
+        for _ in 0..2 {
+            let r = get(addr, "/floor?q=1", &[("X-Forwarded-For", "1.2.3.4")]).await;
+            assert_eq!(
+                (r.status, r.origin()),
+                (200, "floor-origin".into()),
+                "{mode:?}"
+            );
+            assert_eq!(r.json()["path"], "/floor?q=1");
+            // A client's own X-Forwarded-For is replaced, as the proxies do for an untrusted peer.
+            assert_eq!(r.upstream_header("x-forwarded-for"), ["127.0.0.1"]);
+            assert_eq!(r.upstream_header("x-real-ip"), ["127.0.0.1"]);
+            assert_eq!(r.upstream_header("x-forwarded-proto"), ["http"]);
+            assert_eq!(r.upstream_header("x-forwarded-host"), ["test.local"]);
+            assert_eq!(r.upstream_header("host"), ["test.local"]);
+        }
+    }
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
