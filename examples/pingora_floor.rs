@@ -139,8 +139,10 @@ fn main() {
             std::process::exit(2);
         }
     };
+    // portico's runtime: one worker thread, no work stealing.
     let conf = ServerConf {
         threads: 1,
+        work_stealing: false,
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
