@@ -18,6 +18,17 @@ fn swap(text: &mut String, from: &str, to: &str) {
     *text = text.replace(from, to);
 }
 
+/// The path of a built example binary (`make test` builds them first).
+fn example(name: &str) -> std::path::PathBuf {
+    let bin = Path::new(BIN).with_file_name("examples").join(name);
+    assert!(
+        bin.exists(),
+        "{} is missing: `make test` builds it (cargo build --examples)",
+        bin.display()
+    );
+    bin
+}
+
 /// A client trusting the examples' demo CA only.
 fn demo_ca_client() -> TlsConnector {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -170,14 +181,7 @@ async fn the_headline_example_serves_as_it_says() {
 /// filter routes by header, configured in the same YAML, with its settings checked by `-t`.
 #[tokio::test]
 async fn the_custom_filter_example_is_portico_plus_its_own_filter() {
-    let bin = Path::new(BIN)
-        .with_file_name("examples")
-        .join("custom_filter");
-    assert!(
-        bin.exists(),
-        "{} is missing: `make test` builds it (cargo build --examples)",
-        bin.display()
-    );
+    let bin = example("custom_filter");
     let (shared, acme) = (
         HttpOrigin::start("shared").await,
         HttpOrigin::start("acme").await,
@@ -255,14 +259,7 @@ async fn the_custom_filter_example_is_portico_plus_its_own_filter() {
 /// forwarding headers), in both of its modes, or its figures compare nothing.
 #[tokio::test]
 async fn the_benchmark_floor_forwards_as_the_proxies_do() {
-    let bin = Path::new(BIN)
-        .with_file_name("examples")
-        .join("pingora_floor");
-    assert!(
-        bin.exists(),
-        "{} is missing: `make test` builds it (cargo build --examples)",
-        bin.display()
-    );
+    let bin = example("pingora_floor");
     let origin = HttpOrigin::start("floor-origin").await;
     for mode in [None, Some("--proxy")] {
         let addr = proxy_addr();
