@@ -1,4 +1,4 @@
-//! The least any proxy built on Pingora's HTTP/1 session types does per request, for
+//! The least any proxy built on Pingora's HTTP session types does per request, for
 //! `make bench` only: Pingora's keep-alive loop and server session read the request, a clone
 //! of its head with the four forwarding headers goes to the peer over Pingora's HTTP/1 client
 //! session (a connection from a per-thread idle list), and the answer's head and body go back.
@@ -62,7 +62,9 @@ impl Floor {
         head.insert_header("X-Forwarded-Host", host).ok()?;
         head.insert_header("X-Forwarded-For", &client).ok()?;
         head.insert_header("X-Real-IP", &client).ok()?;
-        head.insert_header("X-Forwarded-Proto", "http").ok()?;
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        let proto = if tls { "https" } else { "http" };
+        head.insert_header("X-Forwarded-Proto", proto).ok()?;
         let stream = match IDLE.with(|idle| idle.borrow_mut().pop()) {
             Some(stream) => stream,
             None => Box::pin(self.connector.new_stream(&self.peer)).await.ok()?,
