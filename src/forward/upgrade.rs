@@ -357,3 +357,23 @@ fn with_header_line(head: &[u8], name: &str, value: &str) -> Vec<u8> {
     out.extend_from_slice(eol);
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use std::mem::size_of;
+
+    /// An idle WebSocket's memory is a target (at most 3 KiB, docs/performance.md; 2.96 KiB
+    /// measured), and what it holds lives in jemalloc size classes: a few bytes more can cost a
+    /// whole class more per connection, which only `make bench` would show. Pingora's
+    /// `l4::Stream` (two per tunnel, patched in vendor/) fills the 384-byte class exactly:
+    /// 400 bytes once cost 128 more per idle WebSocket (2.93 -> 3.09 KiB). The tunnel's task
+    /// is this job plus about 104 bytes of tokio's (header, scheduler, id, trailer) in a
+    /// 128-aligned cell, in the 768-byte class up to a job of about 664 bytes.
+    #[test]
+    fn an_idle_websocket_stays_in_its_allocation_classes() {
+        let stream = size_of::<pingora::protocols::l4::stream::Stream>();
+        assert!(stream <= 384, "l4::Stream is {stream} bytes");
+        let job = size_of::<super::TunnelJob>();
+        assert!(job <= 600, "the tunnel's task future is {job} bytes");
+    }
+}
